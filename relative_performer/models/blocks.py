@@ -1,0 +1,87 @@
+"""Transformer blocks over pixel tokens.
+
+Shape legend: b - batch, n - tokens (class token first, then pixels row-major),
+h - heads, d - head dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from einops import rearrange
+from torch import Tensor, nn
+
+from relative_performer.attention.favor import FeatureMap, linear_attention, softmax_attention
+from relative_performer.models.config import ModelConfig
+
+
+@dataclass
+class AttentionContext:
+    """What every attention layer of one forward pass may need about positions.
+
+    ``position_features`` is (n, a, s, 2) for strategy 1 (zeros for the class
+    token), else None. Token 0 is the class token; tokens 1.. are the
+    ``height x width`` pixels in row-major order.
+    """
+
+    height: int
+    width: int
+    position_features: Tensor | None = None
+
+
+class SelfAttention(nn.Module):
+    """Multi-head FAVOR+ self-attention (exact softmax with ``no_projection``).
+
+    ``qk_extension`` (strategy 1) widens queries and keys by position features
+    before the kernel is applied; the random features are drawn for the widened
+    head dim. Attention dropout acts on the attention output, as in
+    performer-pytorch (FAVOR+ never forms the attention matrix to drop from).
+    """
+
+    def __init__(self, cfg: ModelConfig, qk_extension: nn.Module | None = None):
+        super().__init__()
+        self.heads = cfg.heads
+        self.to_qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.to_out = nn.Linear(cfg.dim, cfg.dim)
+        self.dropout = nn.Dropout(cfg.attn_dropout)
+        self.qk_extension = qk_extension
+        attn_dim = cfg.dim_head + (qk_extension.extra_dim if qk_extension is not None else 0)
+        self.feature_map = (
+            None
+            if cfg.no_projection
+            else FeatureMap(attn_dim, cfg.nb_features, cfg.kernel, cfg.feature_redraw_interval)
+        )
+
+    def forward(self, x: Tensor, ctx: AttentionContext) -> Tensor:
+        q, k, v = rearrange(self.to_qkv(x), "b n (t h d) -> t b h n d", t=3, h=self.heads)
+        if self.qk_extension is not None:
+            q, k = self.qk_extension(q, k, x, ctx.position_features)
+        out = self.attend(q, k, v, ctx)
+        return self.dropout(self.to_out(rearrange(out.to(x.dtype), "b h n d -> b n (h d)")))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+        """(b, h, n, d) queries, keys, values -> (b, h, n, d) outputs."""
+        if self.feature_map is None:
+            return softmax_attention(q, k, v)
+        return linear_attention(self.feature_map(q, is_query=True), self.feature_map(k, is_query=False), v)
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, dim: int, mult: int, dropout: float):
+        super().__init__(nn.Linear(dim, dim * mult), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim * mult, dim))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm(x))``, then ``x + ff(norm(x))``."""
+
+    def __init__(self, cfg: ModelConfig, attention: nn.Module):
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(cfg.dim)
+        self.attn = attention
+        self.ff_norm = nn.LayerNorm(cfg.dim)
+        self.ff = FeedForward(cfg.dim, cfg.ff_mult, cfg.ff_dropout)
+        self.ff_dropout = nn.Dropout(cfg.ff_dropout)
+
+    def forward(self, x: Tensor, ctx: AttentionContext) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), ctx)
+        return x + self.ff_dropout(self.ff(self.ff_norm(x)))
