@@ -53,10 +53,17 @@ class SelfAttention(nn.Module):
         )
 
     def forward(self, x: Tensor, ctx: AttentionContext) -> Tensor:
-        q, k, v = rearrange(self.to_qkv(x), "b n (t h d) -> t b h n d", t=3, h=self.heads)
+        q, k, v = self.project(x)
         if self.qk_extension is not None:
             q, k = self.qk_extension(q, k, x, ctx.position_features)
-        out = self.attend(q, k, v, ctx)
+        return self.merge(self.attend(q, k, v, ctx), x)
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(b, n, dim) -> queries, keys, values, each (b, h, n, d)."""
+        return rearrange(self.to_qkv(x), "b n (t h d) -> t b h n d", t=3, h=self.heads)
+
+    def merge(self, out: Tensor, x: Tensor) -> Tensor:
+        """(b, h, n, d) head outputs -> (b, n, dim) layer output."""
         return self.dropout(self.to_out(rearrange(out.to(x.dtype), "b h n d -> b n (h d)")))
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:

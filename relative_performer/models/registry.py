@@ -12,6 +12,7 @@ from relative_performer.positional.components import (
     AbsolutePositions,
     ClippedRelativePositions,
     ConstrainedRelativePositions,
+    PeriodicRelativePositions,
     PositionalComponent,
 )
 
@@ -40,6 +41,11 @@ register_model(
 register_model(
     "ClippedRelativePerformer", ClippedRelativePositions, ("clipping_dist",),
     "strategy 2: learned relative embeddings over clipped Manhattan distances on half of the heads",
+)
+
+register_model(
+    "ExactRelativePerformer", PeriodicRelativePositions, ("pos_scales", "content_rel_attn"),
+    "exactly relative for every feature draw: content random features times a positive periodic relative factor",
 )
 
 MODEL_SPECIFIC_OPTIONS = ("pos_scales", "content_rel_attn", "clipping_dist")

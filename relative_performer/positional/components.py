@@ -67,3 +67,23 @@ class ClippedRelativePositions(PositionalComponent):
         from relative_performer.attention.clipped import ClippedRelativeAttention
 
         return ClippedRelativeAttention(self.cfg)
+
+
+class PeriodicRelativePositions(PositionalComponent):
+    """Exactly relative for every feature draw (``ExactRelativePerformer``).
+
+    Harmonics of the image's own height and width: positions on a torus, so the
+    model is exactly invariant to cyclic shifts. See ``attention/periodic.py``.
+    """
+
+    def encode(self, pixels: Tensor, height: int, width: int) -> tuple[Tensor, AttentionContext]:
+        from relative_performer.attention.periodic import periodic_basis
+
+        basis = periodic_basis(height, width, self.cfg.pos_scales, device=pixels.device, dtype=pixels.dtype)
+        with_class_token = torch.cat((torch.zeros_like(basis[:1]), basis))
+        return pixels, AttentionContext(height, width, with_class_token)
+
+    def attention(self) -> nn.Module:
+        from relative_performer.attention.periodic import PeriodicRelativeAttention
+
+        return PeriodicRelativeAttention(self.cfg)
