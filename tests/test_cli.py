@@ -1,0 +1,481 @@
+"""The ``relative-performer`` command end to end, on a tiny fake MNIST.
+
+Most tests call ``main(argv)`` in this process (fast); the DDP and kill tests
+run the command in subprocesses. One small run is trained once per module and
+shared by the evaluation tests; tests that change a run work on a copy.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from relative_performer import cli
+from relative_performer.checkpoint import RECORD_KEY
+from relative_performer.data import sources
+from relative_performer.models import MODELS
+from relative_performer.training import run as run_module
+
+N_TRAIN, N_TEST, VAL_SIZE, BATCH = 300, 100, 60, 16
+STEPS_PER_EPOCH = -(-(N_TRAIN - VAL_SIZE) // BATCH)  # 15
+TINY = ["--dim", "16", "--depth", "1", "--heads", "2", "--batch_size", str(BATCH), "--val_size", str(VAL_SIZE),
+        "--no_progress_bar", "--num_workers", "0", "--accelerator", "cpu", "--log_every_n_steps", "5"]
+
+
+def centred_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """28x28 uint8 images whose content (a label-dependent bar) sits in columns/rows 10..17."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    images = np.zeros((n, 28, 28), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        top = 10 + int(rng.integers(0, 2))
+        images[i, top : top + 2 + label // 2, 11 + label % 5 : 14 + label % 5] = rng.integers(128, 256)
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    for split, n, seed in (("train", N_TRAIN, 0), ("test", N_TEST, 1)):
+        images, labels = centred_digits(n, seed)
+        img_file, lbl_file = sources.IDX_FILES[split]
+        sources.write_idx(root / "MNIST" / "raw" / img_file, images)
+        sources.write_idx(root / "MNIST" / "raw" / lbl_file, labels)
+    return root
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def train_args(data_dir: Path, log_path: Path, model: str = "RelativePerformer", *extra: str) -> list[str]:
+    return ["train", model, "MNIST", *TINY, "--data_dir", data_dir, "--log_path", log_path, "--seed", "1", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory) -> Path:
+    """One finished 2-epoch run: LOG/default/version_0."""
+    log = tmp_path_factory.mktemp("runs")
+    code = cli.main([str(a) for a in train_args(data_dir, log, "RelativePerformer", "--max_epochs", "2")])
+    assert code == 0
+    return log / "default" / "version_0"
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    shutil.copytree(run, dest)
+    return dest
+
+
+# ==========================================================================
+# --help
+# ==========================================================================
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["test"], ["test-recursive"], ["test-shifted"], ["plot-shifted"], ["data"]])
+def test_every_command_has_help(capsys, command):
+    code, out, _ = run_cli(capsys, *command, "--help")
+    assert code == 0
+    assert "usage: relative-performer" in out
+
+
+def test_top_level_help_lists_the_commands(capsys):
+    _, out, _ = run_cli(capsys, "--help")
+    for name in cli.COMMANDS:
+        assert name in out
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_train_help_lists_exactly_the_models_own_options(capsys, model):
+    code, out, _ = run_cli(capsys, "train", model, "MNIST", "--help")
+    assert code == 0
+    for option in ("--learning_rate", "--warmup", "--schedule", "--dim", "--depth", "--heads", "--attn_dropout",
+                   "--ff_dropout", "--feature_redraw_interval", "--no_projection", "--nb_features", "--kernel",
+                   "--log_path", "--exp_name", "--version", "--batch_size", "--embedding_type", "--resume"):
+        assert option in out, option
+    own = set(MODELS[model].options)
+    every = {name for spec in MODELS.values() for name in spec.options}
+    for name in own:
+        assert f"--{name}" in out
+    for name in every - own:
+        assert f"--{name}" not in out
+
+
+def test_relative_performer_help_shows_pos_scales_and_defaults(capsys):
+    _, out, _ = run_cli(capsys, "train", "RelativePerformer", "MNIST", "--help")
+    assert "--pos_scales" in out and "--content_rel_attn" in out and "(default: 4)" in out
+    _, out, _ = run_cli(capsys, "train", "Performer", "MNIST", "--help")
+    assert "--pos_scales" not in out and "--clipping_dist" not in out
+
+
+def test_options_of_another_model_are_rejected(capsys):
+    code, _, err = run_cli(capsys, "train", "Performer", "MNIST", "--pos_scales", "2")
+    assert_one_line_error(code, err, "--pos_scales")
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["train", "NoSuchModel", "MNIST"], "invalid choice"),
+        (["train", "Performer", "SVHN"], "invalid choice"),
+        (["train", "Performer"], "required"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_usage_errors_are_one_line(capsys, argv, fragment):
+    assert_one_line_error(*run_cli(capsys, *argv)[::2], fragment)
+
+
+# ==========================================================================
+# train -> test -> test-recursive -> test-shifted -> plot-shifted
+# ==========================================================================
+
+
+def test_run_folder_layout(trained):
+    assert sorted(p.name for p in (trained / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    config = json.loads((trained / "config.json").read_text())
+    for key in ("model", "model_config", "config_version", "dataset", "training", "runtime", "seed", "command",
+                "package_version", "parameters", "sessions"):
+        assert key in config, key
+    assert config["model"] == "RelativePerformer" and config["dataset"] == "MNIST" and config["seed"] == 1
+    assert config["model_config"]["dim"] == 16 and config["model_config"]["pos_scales"] == 4
+    assert config["training"]["learning_rate"] == 1e-3 and config["training"]["batch_size"] == BATCH
+    assert config["command"].startswith("relative-performer train RelativePerformer MNIST")
+    results = json.loads((trained / "results.json").read_text())
+    for key in ("best_val_acc", "best_val_loss", "test_acc", "test_loss", "parameters", "epochs", "train_seconds"):
+        assert results[key] is not None, key
+    assert results["epochs"] == 2 and results["global_step"] == 2 * STEPS_PER_EPOCH
+    metrics = pd.read_csv(trained / "metrics.csv")
+    for column in ("train/loss_step", "train/loss_epoch", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"):
+        assert column in metrics, column
+    assert results["test_acc"] == pytest.approx(metrics["test/acc"].dropna().iloc[-1])
+
+
+def test_checkpoints_load_weights_only_and_carry_the_model_record(trained):
+    for name in ("best.ckpt", "last.ckpt"):
+        checkpoint = torch.load(trained / "checkpoints" / name, weights_only=True)
+        record = checkpoint[RECORD_KEY]
+        assert record["model"] == "RelativePerformer" and record["config"]["dim"] == 16
+        assert record["dataset"] == "MNIST"
+    last = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 2 * STEPS_PER_EPOCH
+    counters = [v for k, v in last["state_dict"].items() if k.endswith("_extra_state")]
+    assert counters and all(c["steps"] == 2 * STEPS_PER_EPOCH for c in counters)
+
+
+def test_test_and_test_recursive_write_one_row_per_run(capsys, trained, tmp_path):
+    out_csv = tmp_path / "new" / "folder" / "test.csv"  # the folder is created
+    code, out, err = run_cli(capsys, "test", trained, "--output", out_csv)
+    assert code == 0, err
+    row = pd.read_csv(out_csv)
+    assert len(row) == 1
+    for column in ("run_dir", "model", "dataset", "dim", "depth", "heads", "learning_rate", "batch_size",
+                   "embedding_type", "parameters", "val_loss", "val_acc", "test_loss", "test_acc"):
+        assert column in row, column
+    results = json.loads((trained / "results.json").read_text())
+    assert row["test_acc"][0] == pytest.approx(results["test_acc"], abs=1e-6)
+    assert row["test_n"][0] == N_TEST and row["val_n"][0] == VAL_SIZE
+
+    second = copy_run(trained, tmp_path / "tree" / "b" / "version_7")
+    copy_run(trained, tmp_path / "tree" / "a" / "version_0")
+    (tmp_path / "tree" / "not_a_run").mkdir()
+    (second / "checkpoints" / "best.ckpt").unlink()  # skipped with a warning
+    code, out, err = run_cli(capsys, "test-recursive", tmp_path / "tree", "--output", tmp_path / "all.csv",
+                             "--limit_batches", "1", "--batch_size", "32")
+    assert code == 0, err
+    rows = pd.read_csv(tmp_path / "all.csv")
+    assert list(rows["run_dir"]) == [str(tmp_path / "tree" / "a" / "version_0")]
+    assert rows["test_n"][0] == 32
+    assert "warning: skipping" in err and "version_7" in err
+
+
+def test_test_shifted_and_plot(capsys, trained, tmp_path):
+    out_csv = tmp_path / "shift.csv"
+    code, out, err = run_cli(capsys, "test-shifted", trained, "--labels", "1", "--min_shift", "8", "--output", out_csv)
+    assert code == 0, err
+    rows = pd.read_csv(out_csv)
+    assert list(rows.columns[:10]) == ["run_dir", "model", "dataset", "axis", "shift", "n_images",
+                                       "accuracy_mean", "accuracy_std", "loss_mean", "loss_std"]
+    assert list(rows["shift"]) == list(range(-8, 9))
+    assert (rows["n_images"] == N_TEST // 10).all()
+    assert rows["accuracy_mean"].between(0, 1).all()
+
+    y_csv = tmp_path / "shift_y.csv"
+    code, _, err = run_cli(capsys, "test-shifted", trained, "--labels", "all", "--min_shift", "4", "--axis", "y",
+                           "--feature_seed", "3", "--output", y_csv)
+    assert code == 0, err
+    y_rows = pd.read_csv(y_csv)
+    assert len(y_rows) == 2 * 9 and set(y_rows["axis"]) == {"y"} and (y_rows["n_images"] == N_TEST).all()
+    own, redrawn = y_rows[y_rows["feature_seed"].isna()], y_rows[y_rows["feature_seed"] == 3]
+    assert len(own) == len(redrawn) == 9
+    assert not np.allclose(own["loss_mean"].to_numpy(), redrawn["loss_mean"].to_numpy())
+
+    png = tmp_path / "plots" / "shift.png"
+    code, _, err = run_cli(capsys, "plot-shifted", out_csv, y_csv, "--output", png, "--title", "tiny")
+    assert code == 0, err
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_redrawn_features_are_fixed_by_the_seed(trained):
+    from relative_performer.evaluation.runs import load_run
+    from relative_performer.evaluation.shifted import draw_features
+
+    a, b = load_run(trained).model, load_run(trained).model
+    assert draw_features(a, 5) == draw_features(b, 5) > 0
+    for fa, fb in zip(a.feature_maps(), b.feature_maps()):
+        torch.testing.assert_close(fa.projection, fb.projection)
+
+
+# ==========================================================================
+# Existing runs, resume
+# ==========================================================================
+
+
+def test_training_into_an_existing_run_is_refused(capsys, data_dir, trained):
+    log = trained.parent.parent
+    code, _, err = run_cli(capsys, *train_args(data_dir, log, "RelativePerformer", "--version", "0"))
+    assert_one_line_error(code, err, "already exists", "--resume")
+    code, _, err = run_cli(capsys, "train", "--resume", trained)
+    assert_one_line_error(code, err, "has finished", "--max_epochs")
+
+
+def test_version_numbers_and_names(capsys, data_dir, tmp_path):
+    code, out, err = run_cli(capsys, *train_args(data_dir, tmp_path, "NoposPerformer", "--max_steps", "3",
+                                                 "--limit_val_batches", "1", "--limit_test_batches", "1"))
+    assert code == 0, err
+    code, out, err = run_cli(capsys, *train_args(data_dir, tmp_path, "NoposPerformer", "--max_steps", "3",
+                                                 "--version", "mine", "--limit_val_batches", "1",
+                                                 "--limit_test_batches", "1", "--schedule", "noam", "--warmup", "2"))
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "default").iterdir()) == ["mine", "version_0"]
+    # stopped by max_steps before any validation: the final weights are validated and kept as best
+    results = json.loads((tmp_path / "default" / "mine" / "results.json").read_text())
+    assert results["global_step"] == 3 and results["stopped_by"] == "max_steps" and results["best_val_acc"] is not None
+
+
+class InterruptAt(L.Callback):
+    """Simulates Ctrl-C after ``step`` optimizer steps."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_resumes_where_it_stopped(capsys, monkeypatch, data_dir, tmp_path):
+    k = STEPS_PER_EPOCH + 4  # in the second epoch
+    monkeypatch.setattr(run_module, "train", functools.partial(run_module.train, callbacks=[InterruptAt(k)]))
+    argv = train_args(data_dir, tmp_path, "RelativePerformer", "--max_epochs", "3", "--feature_redraw_interval", "5",
+                      "--checkpoint_every_n_steps", "1000")
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 130, err
+    run = tmp_path / "default" / "version_0"
+    assert f"train --resume {run}" in out
+    assert not (run / "results.json").exists()
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == k
+    counters = [v for key, v in last["state_dict"].items() if key.endswith("_extra_state")]
+    assert all(c["steps"] == k and c["redraws"] == k // 5 for c in counters)
+    monkeypatch.undo()
+
+    code, _, err = run_cli(capsys, "train", "--resume", run, "--dim", "32")  # cannot change the model
+    assert_one_line_error(code, err, "--dim 32 differs")
+    code, _, err = run_cli(capsys, "train", "--resume", run, "--version", "3")
+    assert_one_line_error(code, err, "cannot be combined with --resume")
+
+    code, out, err = run_cli(capsys, "train", "--resume", run, "--no_progress_bar")
+    assert code == 0, err
+    final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    total = 3 * STEPS_PER_EPOCH
+    assert final["global_step"] == total
+    counters = [v for key, v in final["state_dict"].items() if key.endswith("_extra_state")]
+    assert all(c["steps"] == total and c["redraws"] == total // 5 for c in counters)
+    assert len({c["seed"] for c in counters}) == len(counters)
+    results = json.loads((run / "results.json").read_text())
+    assert results["epochs"] == 3 and results["global_step"] == total
+    config = json.loads((run / "config.json").read_text())
+    assert [s.get("resumed_from_step") for s in config["sessions"]] == [None, k]
+    metrics = pd.read_csv(run / "metrics.csv")
+    val_epochs = metrics.dropna(subset=["val/acc"])["epoch"].tolist()
+    assert val_epochs == [0, 1, 2]  # the first session's epoch-0 validation survives, none duplicated
+    assert metrics["test/acc"].notna().sum() == 1
+
+    # a finished run may be trained further with a larger budget
+    code, out, err = run_cli(capsys, "train", "--resume", run, "--max_epochs", "4", "--no_progress_bar")
+    assert code == 0, err
+    assert json.loads((run / "results.json").read_text())["epochs"] == 4
+
+
+# ==========================================================================
+# Errors
+# ==========================================================================
+
+
+def test_run_without_checkpoint(capsys, trained, tmp_path):
+    run = copy_run(trained, tmp_path / "run")
+    for ckpt in (run / "checkpoints").iterdir():
+        ckpt.unlink()
+    code, _, err = run_cli(capsys, "test", run, "--output", tmp_path / "x.csv")
+    assert_one_line_error(code, err, "no checkpoint")
+    code, _, err = run_cli(capsys, "test", tmp_path / "nowhere", "--output", tmp_path / "x.csv")
+    assert_one_line_error(code, err, "does not exist")
+
+
+def test_checkpoint_of_another_model(capsys, trained, tmp_path):
+    run = copy_run(trained, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    config["model"] = "Performer"
+    (run / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli(capsys, "test", run, "--output", tmp_path / "x.csv")
+    assert_one_line_error(code, err, "RelativePerformer", "Performer")
+
+
+def test_checkpoint_of_another_config_version(capsys, trained, tmp_path):
+    run = copy_run(trained, tmp_path / "run")
+    best = run / "checkpoints" / "best.ckpt"
+    checkpoint = torch.load(best, weights_only=True)
+    checkpoint[RECORD_KEY]["config_version"] = 999
+    torch.save(checkpoint, best)
+    code, _, err = run_cli(capsys, "test", run, "--output", tmp_path / "x.csv")
+    assert_one_line_error(code, err, "config version 999")
+
+
+def test_corrupt_checkpoint(capsys, trained, tmp_path):
+    run = copy_run(trained, tmp_path / "run")
+    best = run / "checkpoints" / "best.ckpt"
+    best.write_bytes(best.read_bytes()[:1000])
+    code, _, err = run_cli(capsys, "test", run, "--output", tmp_path / "x.csv")
+    assert_one_line_error(code, err, "corrupt")
+    (run / "results.json").unlink()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"garbage")
+    code, _, err = run_cli(capsys, "train", "--resume", run)
+    assert_one_line_error(code, err, "corrupt")
+
+
+def test_missing_data(capsys, trained, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(capsys, "test", trained, "--output", tmp_path / "x.csv", "--data_dir", tmp_path / "empty")
+    assert_one_line_error(code, err, "relative-performer data fetch MNIST")
+
+
+def test_shift_test_refuses_cifar_and_bad_labels(capsys, trained, tmp_path):
+    run = copy_run(trained, tmp_path / "run")
+    best = run / "checkpoints" / "best.ckpt"
+    checkpoint = torch.load(best, weights_only=True)
+    checkpoint[RECORD_KEY]["dataset"] = "CIFAR10"
+    torch.save(checkpoint, best)
+    config = json.loads((run / "config.json").read_text())
+    config["dataset"] = "CIFAR10"
+    (run / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli(capsys, "test-shifted", run, "--output", tmp_path / "x.csv")
+    assert_one_line_error(code, err, "MNIST and FashionMNIST only")
+    code, _, err = run_cli(capsys, "test-shifted", trained, "--labels", "one", "--output", tmp_path / "x.csv")
+    assert_one_line_error(code, err, "--labels")
+    code, _, err = run_cli(capsys, "test-shifted", trained, "--min_shift", "20", "--output", tmp_path / "x.csv")
+    assert_one_line_error(code, err, "too large")
+
+
+def test_bad_model_configuration_and_trainer_settings(capsys, data_dir, tmp_path):
+    code, _, err = run_cli(capsys, *train_args(data_dir, tmp_path, "Performer", "--heads", "3"))
+    assert_one_line_error(code, err, "divisible")
+    code, _, err = run_cli(capsys, *train_args(data_dir, tmp_path, "Performer", "--limit_val_batches", "0"))
+    assert_one_line_error(code, err, "validation")
+    code, _, err = run_cli(capsys, *train_args(data_dir, tmp_path, "Performer", "--accelerator", "tpu_v9"))
+    assert_one_line_error(code, err)
+    assert not (tmp_path / "default").exists() or not any((tmp_path / "default").iterdir())
+
+
+def test_data_command_is_wired_to_the_data_layer(capsys, data_dir, tmp_path):
+    code, _, err = run_cli(capsys, "data", "verify", "MNIST", "--data_dir", data_dir)  # a fake MNIST: wrong counts
+    assert_one_line_error(code, err, "per-class counts")
+    code, _, err = run_cli(capsys, "data", "verify", "mnist", "--data_dir", tmp_path)
+    assert_one_line_error(code, err, "relative-performer data fetch MNIST")
+
+
+def test_plot_rejects_other_csvs(capsys, tmp_path):
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    code, _, err = run_cli(capsys, "plot-shifted", tmp_path / "x.csv", "--output", tmp_path / "x.png")
+    assert_one_line_error(code, err, "not a test-shifted CSV")
+
+
+def test_debug_shows_the_traceback(trained, tmp_path):
+    from relative_performer.errors import UserError
+
+    with pytest.raises(UserError):
+        cli.main(["--debug", "test", str(tmp_path / "nowhere"), "--output", str(tmp_path / "x.csv")])
+
+
+# ==========================================================================
+# Subprocesses: DDP, a killed run
+# ==========================================================================
+
+
+def command(*argv) -> list[str]:
+    return [sys.executable, "-m", "relative_performer", *map(str, argv)]
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(data_dir, tmp_path):
+    argv = train_args(data_dir, tmp_path, "Performer", "--devices", "2", "--strategy", "ddp", "--max_steps", "4",
+                      "--limit_val_batches", "2", "--limit_test_batches", "2")
+    proc = subprocess.run(command(*argv), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p.name for p in (tmp_path / "default").iterdir())
+    assert runs == ["version_0"]  # the second process joined the first one's run folder
+    run = tmp_path / "default" / "version_0"
+    results = json.loads((run / "results.json").read_text())
+    assert results["global_step"] == 4 and results["test_acc"] is not None
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 4
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_last_periodic_checkpoint(data_dir, tmp_path):
+    argv = train_args(data_dir, tmp_path, "Performer", "--max_epochs", "1000", "--checkpoint_every_n_steps", "3",
+                      "--limit_val_batches", "1")
+    proc = subprocess.Popen(command(*argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "default" / "version_0"
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if last.is_file() and torch.load(last, weights_only=True)["global_step"] >= 6:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("no checkpoint appeared")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    step = torch.load(last, weights_only=True)["global_step"]
+    resume = subprocess.run(command("train", "--resume", run, "--max_steps", step + 2, "--no_progress_bar"),
+                            capture_output=True, text=True, timeout=240)
+    assert resume.returncode == 0, resume.stderr[-3000:]
+    assert torch.load(last, weights_only=True)["global_step"] == step + 2
+    assert json.loads((run / "results.json").read_text())["global_step"] == step + 2
