@@ -450,6 +450,40 @@ def run_data(args: argparse.Namespace, parser, argv) -> int:
     return data_command(args.action, args.names, Path(args.data_dir) if args.data_dir else None)
 
 
+def equivariance_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    from relative_performer.models import MODELS
+
+    parser = Parser(
+        prog=f"{PROG} equivariance",
+        description=_wrap("Measure how far each model's class logits move under cyclic shifts of the image, with exact "
+                    "attention and with several draws of the random features (random weights, periodic positions, "
+                    "float64). An exactly relative model moves by ~1e-15."),
+    )
+    parser.add_argument("--models", nargs="+", default=None, choices=list(MODELS), help="Models (default: all)")
+    parser.add_argument("--side", type=int, default=16, help="Image side in pixels")
+    parser.add_argument("--draws", type=int, default=3, help="Random-feature draws per model")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=None, help="Also write the table as CSV")
+    return parser
+
+
+def run_equivariance(args: argparse.Namespace, parser, argv) -> int:
+    from dataclasses import asdict
+
+    import pandas as pd
+
+    from relative_performer.evaluation.equivariance import measure
+
+    table = pd.DataFrame(asdict(r) for r in measure(args.models, side=args.side, draws=args.draws, seed=args.seed))
+    summary = table.groupby(["model", "attention"], sort=False)["max_relative_logit_change"].max().unstack()
+    print(summary.to_string(float_format=lambda v: f"{v:.1e}"))
+    if args.output:
+        from relative_performer.evaluation.runs import write_csv
+
+        print(f"Wrote {write_csv(table.to_dict('records'), args.output)}")
+    return 0
+
+
 # ==========================================================================
 # Dispatch
 # ==========================================================================
@@ -462,6 +496,8 @@ COMMANDS: dict[str, Command] = {
     "test-shifted": ("accuracy on shifted test images: a CSV row per run and shift", test_shifted_parser, run_test_shifted),
     "plot-shifted": ("plot test-shifted CSVs: accuracy against shift", plot_shifted_parser, run_plot_shifted),
     "data": ("fetch or verify datasets", data_parser, run_data),
+    "equivariance": ("measure cyclic-shift invariance: exact attention vs random features", equivariance_parser,
+                     run_equivariance),
 }
 
 
