@@ -96,7 +96,7 @@ def copy_run(run: Path, dest: Path) -> Path:
 # ==========================================================================
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["test"], ["test-recursive"], ["test-shifted"], ["plot-shifted"], ["data"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["test"], ["test-recursive"], ["test-shifted"], ["plot-shifted"], ["data"], ["equivariance"]])
 def test_every_command_has_help(capsys, command):
     code, out, _ = run_cli(capsys, *command, "--help")
     assert code == 0
@@ -144,6 +144,7 @@ def test_options_of_another_model_are_rejected(capsys):
         (["train", "Performer", "SVHN"], "invalid choice"),
         (["train", "Performer"], "required"),
         (["frobnicate"], "invalid choice"),
+        (["train", "Performer", "MNIST", "--max_time", "5 minutes"], "DD:HH:MM:SS"),
     ],
 )
 def test_usage_errors_are_one_line(capsys, argv, fragment):
@@ -479,3 +480,12 @@ def test_killed_run_resumes_from_its_last_periodic_checkpoint(data_dir, tmp_path
     assert resume.returncode == 0, resume.stderr[-3000:]
     assert torch.load(last, weights_only=True)["global_step"] == step + 2
     assert json.loads((run / "results.json").read_text())["global_step"] == step + 2
+
+
+def test_max_time_stops_training_and_the_run_is_tested(capsys, data_dir, tmp_path):
+    code, out, err = run_cli(capsys, *train_args(data_dir, tmp_path, "Performer", "--max_time", "00:00:00:01",
+                                                 "--max_epochs", "50"))
+    assert code == 0, err
+    results = json.loads((tmp_path / "default" / "version_0" / "results.json").read_text())
+    assert results["stopped_by"] == "max_time", results
+    assert results["test_acc"] is not None
