@@ -1,24 +1,53 @@
-"""Exactly relative FAVOR+ attention: content features times a periodic relative factor.
+"""Exactly relative FAVOR+ attention: content features times a positive periodic relative factor.
 
 Shape legend: b - batch, h - heads, n - tokens (class token first), a - axes (y, x),
-s - harmonics per axis, p - position basis (1 + 4 s), m - random features,
-d - head dim, e - value dim.
+s - harmonics per axis, k - coefficients per axis (s + 1), p - per-axis position
+basis (1 + 2 s), m - random features, d - head dim, e - value dim (+1 for the normaliser).
 
 The attention weight between tokens i and j is
 
-    w_ij = phi(q_i) . phi(k_j)  *  g_i(p_i - p_j)
-    g_i(D) = a0 + sum_{a,s} rho_as cos(2 pi s D_a / side_a - theta_as)
+    w_ij = phi(q_i) . phi(k_j)  *  g_i(p_i - p_j),        g_i(D) = g_iy(D_y) * g_ix(D_x)
 
-``phi`` sees contents only and ``g`` sees the displacement only (and, with
-``content_rel_attn``, the query's own content through rho and theta), so for
-every draw of the random features the weight depends on the two contents and
-their displacement alone. Unlike strategy 1, no random feature ever multiplies a
-position. ``a0 = sum rho + softplus(c) > sum rho``, so ``g > 0`` and the weights
-stay positive. Because ``g`` is a sum of sinusoids it factorises,
-``g_i(p_i - p_j) = u_i . psi(p_j)`` with ``psi(p) = [1, sin, cos of the harmonics]``
-and ``u_i`` its rotation by (rho, theta) (strategy 1's ``rotate``), so the weights
-are a linear attention over the product features ``phi(q_i) (x) u_i`` and
-``phi(k_j) (x) psi(p_j)``: O(n m p e), no n x n tensor.
+with one factor per axis a (side_a the image's height or width, omega_a = 2 pi / side_a)
+
+    g_ia(t) = |P_ia(t)|^2 + eps_a,    P_ia(t) = sum_{k=0..s} c_iak exp(i k omega_a t),
+
+complex coefficients ``c`` (learned per head and axis; with ``content_rel_attn``
+plus a linear function of the query token's content, zero at initialisation),
+``s = pos_scales`` and the margin
+``eps_a = (softplus(floor_a) + 1e-4) r_0a + 1e-6`` relative to the mean ``r_0a = sum_k |c_iak|^2``
+of ``|P_ia|^2`` (the scale of g cancels in the normalised attention; a relative margin
+keeps g well above the rounding error of its factorised evaluation in float32). ``phi`` sees contents only
+and ``g`` sees the displacement only (and the query's own content), so for every
+draw of the random features the weight depends on the two contents and their
+displacement alone: no random feature ever multiplies a position.
+
+Positivity, by construction: ``|P|^2 >= 0`` and ``eps >= 1e-6 > 0``, so each factor and
+their product are > 0 for every displacement and every parameter value, and the
+weights stay positive. By the Fejer-Riesz theorem every nonnegative trigonometric
+polynomial of degree s in one variable is some ``|P|^2``, so the per-axis factor
+can be any of them plus eps; in particular it can be sharply local. (The former
+parametrisation ``a0 + sum rho cos(..)`` with ``a0 >= sum rho`` bounded the peak
+of g by twice its mean, i.e. it could hardly prefer nearby pixels, and learned slowly.)
+At initialisation all ``c_ak ~ 1`` (plus small noise), so ``|P|^2`` is the Fejer
+kernel of order s + 1: a bump at D = 0 of half-width ``side / (s + 1)``, peak
+``(s + 1) r_0``, and ``eps ~ 0.7 r_0 / (s + 1)`` far from it.
+
+Factorisation: expanding the square, ``|P(t)|^2 = r_0 + 2 sum_{f=1..s} Re(r_f
+exp(i f omega t))`` with the autocorrelation ``r_f = sum_l c_{l+f} conj(c_l)``,
+i.e. harmonics f = 1..s of the image's side (periods side/1 .. side/s). Hence
+``g_ia(p_ia - p_ja) = u_ia . psi_a(p_ja)`` with ``psi_a(t) = [1, (sin, cos)(f omega_a t)]``
+and ``u_ia = [r_0 + eps, rotate(psi_a(p_ia), 2 Re r, -2 Im r)]`` (strategy 1's
+``rotate``), and ``g_i(p_i - p_j) = (u_iy (x) u_ix) . (psi_y(p_j) (x) psi_x(p_j))``.
+The weights are a linear attention over the product features ``phi(q_i) (x) u_i``
+and ``phi(k_j) (x) psi(p_j)`` (m (1 + 2 s)^2 channels), never an n x n tensor.
+Without ``content_rel_attn`` u_i depends on the pixel's row and column only, and
+the sums over keys and queries are taken one axis at a time (``attend_separable``):
+O(n m e (1 + 2 s)) instead of O(n m e (1 + 2 s)^2).
+
+The class token has zero position features (``psi = [1, 0, ..]`` per axis), so it
+attends to, and is attended by, every token with the constant ``prod_a (r_0a + eps_a)``,
+the mean of g over all displacements.
 
 The harmonics are integer multiples of 2 pi / side: positions live on a torus of
 the image's size, and the model is exactly invariant to cyclic shifts (torch.roll),
@@ -35,65 +64,150 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from relative_performer.attention.favor import linear_attention
+from relative_performer.attention.favor import autocast_off
 from relative_performer.models.blocks import AttentionContext, SelfAttention
 from relative_performer.models.config import ModelConfig
 from relative_performer.positional.constrained import rotate
 from relative_performer.positional.sinusoid import AXES, grid_positions
 
+RELATIVE_MARGIN = 1e-4  # eps_a >= RELATIVE_MARGIN * r_0a + ABSOLUTE_MARGIN
+ABSOLUTE_MARGIN = 1e-6
+
 
 def periodic_basis(height: int, width: int, harmonics: int, *, device=None, dtype=torch.float32) -> Tensor:
-    """(n, a, s, 2) ``[sin, cos](2 pi k p_a / side_a)`` for k = 1..harmonics, pixels row-major."""
+    """(n, a, s, 2) ``[sin, cos](2 pi f p_a / side_a)`` for f = 1..harmonics, pixels row-major."""
     positions = grid_positions(height, width, device=device, dtype=torch.float64)
     sides = torch.tensor([height, width], device=device, dtype=torch.float64)
-    k = torch.arange(1, harmonics + 1, device=device, dtype=torch.float64)
-    angles = 2 * math.pi * (positions / sides)[:, :, None] * k  # (n, a, s)
+    f = torch.arange(1, harmonics + 1, device=device, dtype=torch.float64)
+    angles = 2 * math.pi * (positions / sides)[:, :, None] * f  # (n, a, s)
     return torch.stack((angles.sin(), angles.cos()), dim=-1).to(dtype)
+
+
+def autocorrelation(c: Tensor) -> tuple[Tensor, Tensor]:
+    """c (..., k, 2) complex coefficients (real, imag) -> ``r_0`` (...) and ``r_f`` (..., k - 1, 2), f = 1..k-1.
+
+    ``r_f = sum_l c_{l+f} conj(c_l)``, so that ``|sum_k c_k e^{ikx}|^2 = r_0 + 2 sum_f Re(r_f e^{ifx})``.
+    """
+    cr, ci = c.unbind(-1)
+    count = c.shape[-2]
+    r0 = (cr * cr + ci * ci).sum(-1)
+    re, im = [], []
+    for f in range(1, count):
+        ar, ai, br, bi = cr[..., f:], ci[..., f:], cr[..., : count - f], ci[..., : count - f]
+        re.append((ar * br + ai * bi).sum(-1))
+        im.append((ai * br - ar * bi).sum(-1))
+    if not re:
+        return r0, c.new_zeros(c.shape[:-2] + (0, 2))
+    return r0, torch.stack((torch.stack(re, -1), torch.stack(im, -1)), -1)
+
+
+def axis_basis(basis: Tensor) -> Tensor:
+    """(n, a, s, 2) position features -> (n, a, p) per-axis key basis ``psi_a = [1, (sin, cos) ...]``."""
+    return torch.cat((torch.ones_like(basis[:, :, :1, 0]), rearrange(basis, "n a s t -> n a (s t)")), dim=-1)
+
+
+def outer_axes(per_axis: Tensor) -> Tensor:
+    """(..., a=2, p) -> (..., p * p): the product over the two axes, y major."""
+    return rearrange(per_axis[..., 0, :, None] * per_axis[..., 1, None, :], "... p q -> ... (p q)")
 
 
 class PeriodicRelativeAttention(SelfAttention):
     """FAVOR+ over contents, multiplied by an exact positive periodic relative factor.
 
     ``nb_features`` defaults to the head dim here (not ``d ln d``): the product
-    features have ``m * (1 + 4 s)`` channels.
+    features have ``m * (1 + 2 s)^2`` channels.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(replace(cfg, nb_features=cfg.nb_features or cfg.dim_head))
-        shape = (cfg.heads, AXES, cfg.pos_scales)
-        self.rho = nn.Parameter(torch.randn(shape) * 0.5)  # softplus -> amplitude of each harmonic
-        self.theta = nn.Parameter(torch.rand(shape) * 2 * math.pi)  # phase of each harmonic
-        self.floor = nn.Parameter(torch.zeros(cfg.heads))  # softplus -> margin of g above zero
-        self.to_rho_theta = nn.Linear(cfg.dim, cfg.heads * AXES * cfg.pos_scales * 2) if cfg.content_rel_attn else None
+        coefficients = torch.zeros(cfg.heads, AXES, cfg.pos_scales + 1, 2)
+        coefficients[..., 0] = 1.0  # all c_k = 1: the Fejer kernel, a bump at D = 0
+        self.coefficients = nn.Parameter(coefficients + 0.1 * torch.randn_like(coefficients))
+        # softplus(floor) r_0 + .. = eps_a, the margin of g_a above zero; starts at 0.7 r_0 / (s + 1)
+        self.floor = nn.Parameter(torch.full((cfg.heads, AXES), math.log(math.expm1(0.7 / (cfg.pos_scales + 1)))))
+        self.to_coefficients = (
+            nn.Linear(cfg.dim, cfg.heads * AXES * (cfg.pos_scales + 1) * 2) if cfg.content_rel_attn else None
+        )
+        if self.to_coefficients is not None:  # start from the content-free kernel
+            nn.init.zeros_(self.to_coefficients.weight)
+            nn.init.zeros_(self.to_coefficients.bias)
 
     def forward(self, x: Tensor, ctx: AttentionContext) -> Tensor:
         q, k, v = self.project(x)
         basis = ctx.position_features  # (n, a, s, 2), zeros for the class token
-        u = self.query_coefficients(basis, x)
-        psi = torch.cat((torch.ones_like(basis[:, :1, 0, 0]), rearrange(basis, "n a s t -> n (a s t)")), dim=-1)
-        return self.merge(self.attend_relative(q, k, v, u, psi), x)
+        u = self.query_coefficients(basis, x)  # (b|1, h, n, a, p)
+        psi = axis_basis(basis)  # (n, a, p)
+        if self.feature_map is not None and self.to_coefficients is None:
+            return self.merge(self.attend_separable(q, k, v, u[0], psi, ctx.height, ctx.width), x)
+        return self.merge(self.attend_relative(q, k, v, outer_axes(u), outer_axes(psi)), x)
 
     def query_coefficients(self, basis: Tensor, x: Tensor) -> Tensor:
-        """u (b|1, h, n, p) with ``u_i . psi(p_j) = g_i(p_i - p_j)``; x (b, n, dim) the layer input."""
-        rho, theta = self.rho[:, None], self.theta[:, None]  # (h, 1, a, s)
-        if self.to_rho_theta is not None:
-            extra = rearrange(self.to_rho_theta(x).float(), "b n (h a s t) -> t b h n a s", h=rho.shape[0], a=AXES, t=2)
-            rho, theta = rho + extra[0], theta + extra[1]
-        rho = F.softplus(rho)
-        a0 = rho.sum(dim=(-1, -2)) + F.softplus(self.floor)[:, None]  # (..., h, n)
-        rotated = rotate(basis, rho * torch.cos(theta), rho * torch.sin(theta))  # (..., h, n, a, s, 2)
-        rotated = rearrange(rotated, "... a s t -> ... (a s t)")
+        """u (b|1, h, n, a, p) with ``u_ia . psi_a(p_j) = g_ia(p_ia - p_ja)``; x (b, n, dim) the layer input."""
+        dtype = torch.promote_types(basis.dtype, torch.float32)
+        c = self.coefficients[:, None].to(dtype)  # (h, 1, a, k, 2)
+        if self.to_coefficients is not None:
+            extra = self.to_coefficients(x).to(dtype)
+            c = c + rearrange(extra, "b n (h a k t) -> b h n a k t", h=c.shape[0], a=AXES, t=2)
+        r0, r = autocorrelation(c)  # (..., h, n|1, a), (..., h, n|1, a, s, 2)
+        rotated = rotate(basis.to(dtype), 2 * r[..., 0], -2 * r[..., 1])  # (..., h, n, a, s, 2)
+        rotated = rearrange(rotated, "... a s t -> ... a (s t)")
+        eps = (F.softplus(self.floor.to(dtype))[:, None] + RELATIVE_MARGIN) * r0 + ABSOLUTE_MARGIN
+        a0 = r0 + eps  # (..., h, n|1, a): the mean of g_ia over displacements
         u = torch.cat((a0[..., None].expand(*rotated.shape[:-1], 1), rotated), dim=-1)
-        return u if u.ndim == 4 else u[None]
+        return u if u.ndim == 5 else u[None]
 
     def attend_relative(self, q: Tensor, k: Tensor, v: Tensor, u: Tensor, psi: Tensor) -> Tensor:
-        """q, k, v (b, h, n, d); u (b|1, h, n, p); psi (n, p) -> (b, h, n, d)."""
+        """q, k, v (b, h, n, d); u (b|1, h, n, P); psi (n, P) with ``g_i(p_i - p_j) = u_i . psi_j`` -> (b, h, n, d)."""
         if self.feature_map is None:
             # exact: softmax kernel times g, normalised (quadratic in n; the reference path)
-            log_factor = (u @ psi.T).log()  # (b|1, h, n, n), g > 0
+            log_factor = (u @ psi.T.to(u.dtype)).log()  # (b|1, h, n, n), g > 0
             return F.scaled_dot_product_attention(q, k, v.to(q.dtype), attn_mask=log_factor.to(q.dtype))
-        q_features = self.feature_map(q, is_query=True)  # (b, h, n, m)
-        k_features = self.feature_map(k, is_query=False)
-        q_product = rearrange(q_features[..., :, None] * u[..., None, :], "b h n m p -> b h n (m p)")
-        k_product = rearrange(k_features[..., :, None] * psi[:, None, :], "b h n m p -> b h n (m p)")
-        return linear_attention(q_product, k_product, v)
+        q_features = self.feature_map.up_to_scale(q, is_query=True)  # (b, h, n, m)
+        k_features = self.feature_map.up_to_scale(k, is_query=False)
+        dtype = torch.promote_types(q_features.dtype, u.dtype)
+        with autocast_off(q.device):
+            kv = self.key_values(k_features.to(dtype), v.to(dtype))  # (b, h, n, m, e)
+            context = torch.einsum("jP,bhjme->bhPme", psi.to(dtype), kv)  # (b, h, P, m, e)
+            y = torch.einsum("bhiP,bhPme->bhime", u.to(dtype), context)  # (b, h, n, m, e)
+            return self.read_out(q_features.to(dtype), y)
+
+    def attend_separable(
+        self, q: Tensor, k: Tensor, v: Tensor, u: Tensor, psi: Tensor, height: int, width: int
+    ) -> Tensor:
+        """As :meth:`attend_relative` for u shared by the batch, summing one axis at a time.
+
+        u (h, n, a, p), psi (n, a, p); token 0 the class token, then the pixels row-major,
+        so u and psi of a pixel are those of its row (axis y) and its column (axis x).
+        """
+        q_features = self.feature_map.up_to_scale(q, is_query=True)  # (b, h, n, m)
+        k_features = self.feature_map.up_to_scale(k, is_query=False)
+        dtype = torch.promote_types(q_features.dtype, u.dtype)
+        u, psi = u.to(dtype), psi.to(dtype)
+        rows = slice(1, None, width)  # the first pixel of every row
+        psi_y, psi_x = psi[rows, 0], psi[1 : 1 + width, 1]  # (y, p), (x, q)
+        u_y, u_x = u[:, rows, 0], u[:, 1 : 1 + width, 1]  # (h, y, p), (h, x, q)
+        with autocast_off(q.device):
+            kv = self.key_values(k_features.to(dtype), v.to(dtype))  # (b, h, n, m, e)
+            pixels = rearrange(kv[:, :, 1:], "b h (y x) m e -> b h y x (m e)", y=height)
+            # one axis at a time (an einsum of all three would form the (y x) x (p q) product)
+            columns_summed = torch.einsum("xq,bhyxz->bhyqz", psi_x, pixels)
+            context = torch.einsum("yp,bhyqz->bhpqz", psi_y, columns_summed)  # (b, h, p, q, m e)
+            context[:, :, 0, 0] += rearrange(kv[:, :, 0], "b h m e -> b h (m e)")  # class token: psi = e_0 (x) e_0
+            per_column = torch.einsum("hxq,bhpqz->bhpxz", u_x, context)
+            y_pixels = torch.einsum("hyp,bhpxz->bhyxz", u_y, per_column)  # (b, h, y, x, m e)
+            y_class = (u[:, 0, 0, 0] * u[:, 0, 1, 0])[:, None] * context[:, :, 0, 0]  # (b, h, m e)
+            y = torch.cat((y_class[:, :, None], rearrange(y_pixels, "b h y x z -> b h (y x) z")), dim=2)
+            return self.read_out(q_features.to(dtype), rearrange(y, "b h n (m e) -> b h n m e", m=kv.shape[-2]))
+
+    @staticmethod
+    def key_values(k_features: Tensor, v: Tensor) -> Tensor:
+        """(b, h, n, m), (b, h, n, d) -> (b, h, n, m, d + 1): ``phi(k_j) (x) [v_j, 1]``."""
+        v1 = torch.cat((v, v.new_ones(v.shape[:-1] + (1,))), dim=-1)
+        return k_features[..., :, None] * v1[..., None, :]
+
+    @staticmethod
+    def read_out(q_features: Tensor, y: Tensor) -> Tensor:
+        """q_features (b, h, n, m), y (b, h, n, m, d + 1) -> normalised output (b, h, n, d)."""
+        out = (q_features[..., None, :] @ y).squeeze(-2)  # (b, h, n, d + 1)
+        numerator, denominator = out[..., :-1], out[..., -1:]
+        return numerator * denominator.clamp_min(torch.finfo(denominator.dtype).tiny).reciprocal()
