@@ -10,10 +10,16 @@ Softmax attention weights ``exp(q . k / sqrt(d))`` are estimated by positive
 random features ``phi(x) = m**-0.5 * exp(W x' - |x'|^2 / 2)`` with
 ``x' = x * d**-0.25`` and ``W`` of shape (m, d), so that
 ``E_W[phi(q) . phi(k)] = exp(q . k / sqrt(d))``. Attention then costs O(n m d).
+
+:func:`softmax_features` computes these features (up to the detached stabilisers);
+the attention layers use :func:`softmax_features_up_to_scale`, which leaves out the
+factors that cancel in the normalised output (tested against the former in
+``tests/test_fast_paths.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable
 
@@ -48,6 +54,42 @@ def orthogonal_gaussian_matrix(
     return (norms * directions).to(dtype)
 
 
+def _float_dtype(x: Tensor) -> torch.dtype:
+    """float32 for half inputs, else the input's own floating dtype (float64 stays float64 in tests)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def autocast_off(device: torch.device):
+    """A context that turns autocast off on ``device`` (a no-op where it is off or unsupported, e.g. meta)."""
+    try:
+        if torch.is_autocast_enabled(device.type):
+            return torch.autocast(device.type, enabled=False)
+    except RuntimeError:  # device types that have no autocast
+        pass
+    return contextlib.nullcontext()
+
+
+def _projection_logits(x: Tensor, projection: Tensor) -> Tensor:
+    """``W x'`` (..., n, m) for ``x' = x d**-0.25``, a fresh tensor in float32 (or float64).
+
+    The scale is folded into the small (m, d) matrix instead of the (..., n, d) input.
+    The product runs in float32 under autocast too: the features are exponentials of
+    it, and a half-precision product would also cost two conversions of the (..., n, m)
+    tensor (forward and backward) that outweigh its speed.
+    """
+    dtype = _float_dtype(x)
+    # contiguous: a (b, h, n, d) view of the qkv projection would make matmul fall back to a slower bmm
+    x = x.to(dtype).contiguous()
+    with autocast_off(x.device):
+        return x @ (projection.to(dtype) * x.shape[-1] ** -0.25).T
+
+
+def _half_sq_norm(x: Tensor) -> Tensor:
+    """``|x'|^2 / 2`` (..., n, 1) for ``x' = x d**-0.25``, in float32 or wider."""
+    x = x.to(_float_dtype(x))
+    return (x * x).sum(dim=-1, keepdim=True) * (0.5 / math.sqrt(x.shape[-1]))
+
+
 def softmax_features(x: Tensor, projection: Tensor, *, is_query: bool) -> Tensor:
     """Positive random features of the softmax kernel: (..., n, d) -> (..., n, m).
 
@@ -57,27 +99,54 @@ def softmax_features(x: Tensor, projection: Tensor, *, is_query: bool) -> Tensor
     (sample, head) for keys (a per-(sample, head) factor, cancels likewise). Taking
     the key maximum over the whole batch instead would make samples depend on each
     other. Computed in float32 even under autocast: the exponentials overflow in half.
+
+    Equal to ``exp(W x' - |x'|^2/2 - stabiliser) * m**-0.5`` with the stabiliser the
+    maximum of the exponent. The row terms (``|x'|^2 / 2``, the row maxima and
+    ``log m**-0.5``) are combined on (..., n, 1) tensors so that the (..., n, m) tensor
+    sees one in-place addition and one in-place ``exp`` (``max(a - s) == max(a) - s``
+    exactly in floating point, rounding being monotone).
     """
-    dim = x.shape[-1]
-    nb_features = projection.shape[0]
-    x = x.float() * dim**-0.25
-    logits = x @ projection.float().T - 0.5 * (x * x).sum(dim=-1, keepdim=True)
+    logits, half_sq_norm = _projection_logits(x, projection), _half_sq_norm(x)
+    with torch.no_grad():
+        stabiliser = logits.amax(dim=-1, keepdim=True) - half_sq_norm  # max over m of the exponent, per row
+        if not is_query:
+            stabiliser = stabiliser.amax(dim=-2, keepdim=True)  # ... and over the tokens of each (sample, head)
+        stabiliser += 0.5 * math.log(projection.shape[0])  # the factor m**-0.5
+    # logits is a fresh tensor: in place saves two allocations; adding the negated (..., n, 1) shift
+    # (not subtracting it) spares the backward a negation of the (..., n, m) gradient
+    return logits.add_(-(half_sq_norm + stabiliser)).exp_()
+
+
+def softmax_features_up_to_scale(x: Tensor, projection: Tensor, *, is_query: bool) -> Tensor:
+    """:func:`softmax_features` without the factors that cancel in a normalised attention.
+
+    Queries: ``softmax_m(W x')``, i.e. :func:`softmax_features` times a positive factor
+    per row (``m**0.5 exp(|x'|^2 / 2)``, the stabiliser and the softmax's sum), computed
+    by one fused softmax instead of max, subtract and exp. Keys: :func:`softmax_features`
+    times one detached factor per (sample, head) (``m**0.5`` and the stabiliser). Any
+    attention that divides by ``phi(q) . sum_j phi(k_j)`` (:func:`linear_attention`, the
+    clipped relative heads) gives the same output and, the factors cancelling, the same
+    gradients with either; this one skips the query norms and two passes over the
+    (..., n, m) tensor.
+    """
+    logits = _projection_logits(x, projection)
     if is_query:
-        stabiliser = logits.amax(dim=-1, keepdim=True)
-    else:
-        stabiliser = logits.amax(dim=(-1, -2), keepdim=True)
-    return torch.exp(logits - stabiliser.detach()) * nb_features**-0.5
+        return torch.softmax(logits, dim=-1)
+    half_sq_norm = _half_sq_norm(x)
+    with torch.no_grad():
+        stabiliser = (logits.amax(dim=-1, keepdim=True) - half_sq_norm).amax(dim=-2, keepdim=True)
+    return logits.add_(-(half_sq_norm + stabiliser)).exp_()
 
 
 def relu_features(x: Tensor, projection: Tensor, *, is_query: bool, eps: float = 1e-3) -> Tensor:
     """Generalized-kernel features ``relu(W x') + eps`` (Performer's 'generalized attention')."""
     del is_query  # no stabiliser needed: the features are not exponentials
-    dim = x.shape[-1]
-    x = x.float() * dim**-0.25
-    return F.relu(x @ projection.float().T) + eps
+    return F.relu(_projection_logits(x, projection)) + eps
 
 
 KERNELS: dict[str, Callable[..., Tensor]] = {"softmax": softmax_features, "relu": relu_features}
+# Features up to factors that cancel in normalised attention (see softmax_features_up_to_scale).
+KERNELS_UP_TO_SCALE: dict[str, Callable[..., Tensor]] = {"softmax": softmax_features_up_to_scale, "relu": relu_features}
 
 
 def linear_attention(q_features: Tensor, k_features: Tensor, v: Tensor) -> Tensor:
@@ -86,13 +155,19 @@ def linear_attention(q_features: Tensor, k_features: Tensor, v: Tensor) -> Tenso
     q_features (..., n, m), k_features (..., j, m), v (..., j, e) -> (..., n, e).
     The normaliser rides along as an extra value column of ones, so numerator and
     denominator come out of the same two matrix products. O(n m e), no n x j tensor.
+    Both products run in the features' float dtype even under autocast: the
+    normaliser sums n positive terms and is divided by.
     """
-    ones = torch.ones_like(v[..., :1])
-    v1 = torch.cat((v.to(k_features.dtype), ones.to(k_features.dtype)), dim=-1)
-    context = k_features.transpose(-1, -2) @ v1  # (..., m, e + 1)
-    out = q_features @ context  # (..., n, e + 1)
+    dtype = torch.promote_types(torch.promote_types(q_features.dtype, k_features.dtype), torch.float32)
+    with autocast_off(q_features.device):
+        v1 = torch.cat((v.to(dtype), v.new_ones(v.shape[:-1] + (1,), dtype=dtype)), dim=-1)
+        # context as (..., e + 1, m), used transposed: the gradients of both feature tensors then
+        # come out of the matmuls contiguous (else autograd copies them before the projection's backward)
+        context = v1.transpose(-1, -2) @ k_features.to(dtype)  # (..., e + 1, m)
+        out = q_features.to(dtype) @ context.transpose(-1, -2)  # (..., n, e + 1)
     numerator, denominator = out[..., :-1], out[..., -1:]
-    return numerator / denominator.clamp_min(torch.finfo(denominator.dtype).tiny)
+    # multiply by the (..., n, 1) reciprocal: cheaper than dividing, forward and backward
+    return numerator * denominator.clamp_min(torch.finfo(denominator.dtype).tiny).reciprocal()
 
 
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -156,6 +231,15 @@ class FeatureMap(nn.Module):
 
     def forward(self, x: Tensor, *, is_query: bool) -> Tensor:
         return self.kernel_fn(x, self.projection, is_query=is_query)
+
+    def up_to_scale(self, x: Tensor, *, is_query: bool) -> Tensor:
+        """The features up to factors that cancel in normalised attention (cheaper; see
+        :func:`softmax_features_up_to_scale`): for the attention layers, not for estimates."""
+        return KERNELS_UP_TO_SCALE[self.kernel](x, self.projection, is_query=is_query)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """FAVOR+ attention (b, h, n, d) x3 -> (b, h, n, e): ``linear_attention`` of this map's features."""
+        return linear_attention(self.up_to_scale(q, is_query=True), self.up_to_scale(k, is_query=False), v)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, nb_features={self.nb_features}, kernel={self.kernel}, redraw_interval={self.redraw_interval}"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from einops import rearrange
 from torch import Tensor, nn
 
-from relative_performer.attention.favor import FeatureMap, linear_attention, softmax_attention
+from relative_performer.attention.favor import FeatureMap, softmax_attention
 from relative_performer.models.config import ModelConfig
 
 
@@ -70,7 +70,7 @@ class SelfAttention(nn.Module):
         """(b, h, n, d) queries, keys, values -> (b, h, n, d) outputs."""
         if self.feature_map is None:
             return softmax_attention(q, k, v)
-        return linear_attention(self.feature_map(q, is_query=True), self.feature_map(k, is_query=False), v)
+        return self.feature_map.attend(q, k, v)
 
 
 class FeedForward(nn.Sequential):

@@ -15,7 +15,7 @@ features are zero, so it attends (and is attended to) by content only.
 from __future__ import annotations
 
 import torch
-from einops import rearrange, repeat
+from einops import rearrange
 from torch import Tensor, nn
 
 
@@ -52,9 +52,11 @@ class ConstrainedRelativeProjection(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """q, k (b, h, n, d); x (b, n, dim) the layer input; positions (n, a, s, 2), zero for the class token."""
-        b = q.shape[0]
-        q_parts = [repeat(rotate(positions, self.alpha[:, None], self.beta[:, None]), "h n a s t -> b h n (a s t)", b=b)]
-        k_block = repeat(positions, "n a s t -> b h n (a s t)", b=b, h=self.heads)
+        b, n = q.shape[0], positions.shape[0]
+        # broadcast views over the batch (and heads): cat reads them without materialising copies
+        q_parts = [rearrange(rotate(positions, self.alpha[:, None], self.beta[:, None]), "h n a s t -> h n (a s t)")
+                   .expand(b, -1, -1, -1)]
+        k_block = positions.reshape(1, 1, n, -1).expand(b, self.heads, -1, -1)
         k_parts = [k_block]
         if self.to_alpha_beta is not None:
             alpha, beta = rearrange(self.to_alpha_beta(x), "b n (h a s t) -> t b h n a s", h=self.heads, t=2,
