@@ -142,6 +142,14 @@ def clipped_module_forward_naive(module, x: Tensor, height: int, width: int) -> 
     heads, hc = module.heads, module.content_heads
     qkv = module.to_qkv(x).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)  # (3, b, h, n, d)
     q, k, v = qkv[0], qkv[1], qkv[2]
+    out = clipped_attend_naive(module, q, k, v, height, width)  # (b, h, n, d)
+    return module.to_out(out.permute(0, 2, 1, 3).reshape(b, n, -1).to(x.dtype))
+
+
+def clipped_attend_naive(module, q: Tensor, k: Tensor, v: Tensor, height: int, width: int) -> Tensor:
+    """Naive ``ClippedRelativeAttention.attend``: content heads by the explicit kernel matrix,
+    relative heads by :func:`clipped_relative_attention_naive`, with the module's own projection."""
+    hc = module.content_heads
     projection = None if module.feature_map is None else module.feature_map.projection
     if projection is None:
         content = exact_softmax_attention(q[:, :hc], k[:, :hc], v[:, :hc])
@@ -150,8 +158,7 @@ def clipped_module_forward_naive(module, x: Tensor, height: int, width: int) -> 
             positive_random_features(q[:, :hc], projection), positive_random_features(k[:, :hc], projection), v[:, :hc]
         )
     relative = clipped_relative_attention_naive(q[:, hc:], v[:, hc:], module.relative_keys, height, width, projection)
-    out = torch.cat((content.to(relative.dtype), relative), dim=1)  # (b, h, n, d)
-    return module.to_out(out.permute(0, 2, 1, 3).reshape(b, n, -1).to(x.dtype))
+    return torch.cat((content.to(relative.dtype), relative), dim=1)
 
 
 def ring_sums_conv(values: Tensor, height: int, width: int, clipping_dist: int) -> Tensor:

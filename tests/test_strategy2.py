@@ -20,13 +20,10 @@ from relative_performer.attention.clipped import (
 from relative_performer.models import ModelConfig
 from relative_performer.models.blocks import AttentionContext
 from reference import (
+    clipped_attend_naive,
     clipped_attention_from_scores,
     clipped_distances,
     clipped_module_forward_naive,
-    clipped_relative_attention_naive,
-    exact_softmax_attention,
-    positive_random_features,
-    quadratic_kernel_attention,
     ring_sums_conv,
 )
 
@@ -104,15 +101,8 @@ def test_attend_matches_naive(height, width, clipping_dist, no_projection):
     q, k, v = (torch.randn(b, module.heads, n, d, dtype=F64, requires_grad=True) for _ in range(3))
     fast = module.attend(q, k, v, ctx)
 
-    projection = None if no_projection else module.feature_map.projection
-    if projection is None:
-        content = exact_softmax_attention(q[:, :hc], k[:, :hc], v[:, :hc])
-    else:
-        content = quadratic_kernel_attention(
-            positive_random_features(q[:, :hc], projection), positive_random_features(k[:, :hc], projection), v[:, :hc]
-        )
-    relative = clipped_relative_attention_naive(q[:, hc:], v[:, hc:], module.relative_keys, height, width, projection)
-    slow = torch.cat((content, relative), dim=1)
+    slow = clipped_attend_naive(module, q, k, v, height, width)
+    relative = slow[:, hc:]
     assert fast.shape == slow.shape and fast.dtype == F64
     assert_close(fast[:, hc:], relative, 1e-10, "relative heads output")
     assert_close(fast, slow, 1e-10, "all heads output")
