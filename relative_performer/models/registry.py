@@ -48,7 +48,6 @@ register_model(
     "exactly relative for every feature draw: content random features times a positive periodic relative factor",
 )
 
-MODEL_SPECIFIC_OPTIONS = ("pos_scales", "content_rel_attn", "clipping_dist")
 
 
 def model_names() -> list[str]:
