@@ -49,7 +49,6 @@ register_model(
 )
 
 
-
 def model_names() -> list[str]:
     return list(MODELS)
 
