@@ -1,4 +1,4 @@
-"""The ``relative-performer`` command: train, test, test-recursive, test-shifted, plot-shifted, data.
+"""The ``relative-performer`` command: train, test, test-recursive, test-shifted, plot-shifted, export, data.
 
 Errors the user can fix are printed as one line ``error: ...`` on stderr with
 exit status 2, without a traceback; set ``RELATIVE_PERFORMER_DEBUG=1`` or pass
@@ -430,6 +430,33 @@ def run_plot_shifted(args: argparse.Namespace, parser, argv) -> int:
     return 0
 
 
+def export_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = Parser(
+        prog=f"{PROG} export",
+        description=_wrap("Copy a finished run into a new, small run folder to share (as in pretrained/): config.json, "
+                    "results.json, metrics.csv and checkpoints/best.ckpt with the weights and model record only "
+                    "(no optimizer state). Records the loss and accuracy on the first CHECK_IMAGES test images in "
+                    "results.json ('check'), so a later load can be verified."),
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="The finished run folder")
+    parser.add_argument("dest", metavar="DEST", help="The new folder (must not exist or be empty)")
+    parser.add_argument("--check_images", type=int, default=1000, help="Test images of the recorded check")
+    parser.add_argument("--data_dir", default=None,
+                        help="Data folder (default: the run's own if it still exists, else $RELATIVE_PERFORMER_DATA or ./data)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: cpu, the reference)")
+    return parser
+
+
+def run_export(args: argparse.Namespace, parser, argv) -> int:
+    from relative_performer.export import export_run
+
+    command = shlex.join([PROG, "export", *argv])
+    check = export_run(args.run_dir, args.dest, args.check_images, args.data_dir, args.device, command)
+    print(f"Exported {args.run_dir} to {args.dest}: accuracy {check['accuracy']:.4f} on the first "
+          f"{check['n_images']} test images")
+    return 0
+
+
 def data_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = Parser(
         prog=f"{PROG} data",
@@ -495,6 +522,7 @@ COMMANDS: dict[str, Command] = {
     "test-recursive": ("evaluate every run below folders: a CSV row each", lambda argv: test_parser(argv, True), run_test),
     "test-shifted": ("accuracy on shifted test images: a CSV row per run and shift", test_shifted_parser, run_test_shifted),
     "plot-shifted": ("plot test-shifted CSVs: accuracy against shift", plot_shifted_parser, run_plot_shifted),
+    "export": ("copy a finished run into a small run folder to share (weights only)", export_parser, run_export),
     "data": ("fetch or verify datasets", data_parser, run_data),
     "equivariance": ("measure cyclic-shift invariance: exact attention vs random features", equivariance_parser,
                      run_equivariance),

@@ -17,8 +17,8 @@ mkdir -p "$out/logs"
 for dataset in $datasets; do
   for model in $models; do
     "${rp[@]}" train "$model" "$dataset" --log_path "$out" --exp_name "$dataset" --version "$model" \
-      --dim 64 --depth 4 --heads 4 --batch_size 64 --learning_rate 1e-3 --warmup 200 \
-      --feature_redraw_interval 100 --seed 1 --max_time "$max_time" --no_progress_bar "$@" \
+      --dim 64 --depth 2 --heads 4 --batch_size 32 --learning_rate 2e-3 --schedule noam --warmup 500 \
+      --feature_redraw_interval 100 --val_check_interval 500 --limit_val_batches 40 --patience 40 --seed 1 --max_time "$max_time" --no_progress_bar "$@" \
       > "$out/logs/$dataset-$model.log" 2>&1 &
   done
 done

@@ -96,7 +96,7 @@ def copy_run(run: Path, dest: Path) -> Path:
 # ==========================================================================
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["test"], ["test-recursive"], ["test-shifted"], ["plot-shifted"], ["data"], ["equivariance"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["test"], ["test-recursive"], ["test-shifted"], ["plot-shifted"], ["export"], ["data"], ["equivariance"]])
 def test_every_command_has_help(capsys, command):
     code, out, _ = run_cli(capsys, *command, "--help")
     assert code == 0
@@ -249,6 +249,51 @@ def test_redrawn_features_are_fixed_by_the_seed(trained):
     assert draw_features(a, 5) == draw_features(b, 5) > 0
     for fa, fb in zip(a.feature_maps(), b.feature_maps()):
         torch.testing.assert_close(fa.projection, fb.projection)
+
+
+def test_export_writes_a_small_run_that_evaluates_the_same(capsys, trained, tmp_path):
+    dest = tmp_path / "shared" / "MNIST" / "RelativePerformer"
+    code, out, err = run_cli(capsys, "export", trained, dest, "--check_images", "40")
+    assert code == 0, err
+    assert sorted(p.name for p in dest.iterdir()) == ["checkpoints", "config.json", "metrics.csv", "results.json"]
+    assert [p.name for p in (dest / "checkpoints").iterdir()] == ["best.ckpt"]
+    slim = torch.load(dest / "checkpoints" / "best.ckpt", weights_only=True)
+    full = torch.load(trained / "checkpoints" / "best.ckpt", weights_only=True)
+    assert "optimizer_states" in full and "optimizer_states" not in slim and "loops" not in slim
+    assert slim[RECORD_KEY] == full[RECORD_KEY] and slim["global_step"] == full["global_step"]
+    assert (dest / "checkpoints" / "best.ckpt").stat().st_size < 0.6 * (trained / "checkpoints" / "best.ckpt").stat().st_size
+    config, results = (json.loads((dest / name).read_text()) for name in ("config.json", "results.json"))
+    original = json.loads((trained / "config.json").read_text())
+    assert config["command"] == original["command"] and config["exported_from"] == str(trained)
+    assert config["export_command"].startswith("relative-performer export ")
+    assert results["check"]["n_images"] == 40 and results["test_acc"] == json.loads((trained / "results.json").read_text())["test_acc"]
+
+    # The exported run evaluates exactly as the original, and its check is what `test` measures on 40 images.
+    rows = []
+    for run in (trained, dest):
+        code, _, err = run_cli(capsys, "test", run, "--output", tmp_path / f"{run.name}.csv")
+        assert code == 0, err
+        rows.append(pd.read_csv(tmp_path / f"{run.name}.csv"))
+    assert rows[0]["test_acc"][0] == rows[1]["test_acc"][0] and rows[0]["val_loss"][0] == rows[1]["val_loss"][0]
+    code, _, err = run_cli(capsys, "test", dest, "--output", tmp_path / "check.csv", "--limit_batches", "1", "--batch_size", "40")
+    check = pd.read_csv(tmp_path / "check.csv")
+    assert check["test_acc"][0] == pytest.approx(results["check"]["accuracy"], abs=1e-9)
+    assert check["test_loss"][0] == pytest.approx(results["check"]["loss"], rel=1e-5)
+    code, _, err = run_cli(capsys, "test-shifted", dest.parent.parent, "--min_shift", "2", "--output", tmp_path / "s.csv")
+    assert code == 0, err
+
+    # Refusals: a non-empty destination (nothing is touched), an unfinished run, resuming an export.
+    before = (dest / "results.json").read_text()
+    code, _, err = run_cli(capsys, "export", trained, dest)
+    assert_one_line_error(code, err, "already exists")
+    assert (dest / "results.json").read_text() == before
+    unfinished = copy_run(trained, tmp_path / "unfinished")
+    (unfinished / "results.json").unlink()
+    code, _, err = run_cli(capsys, "export", unfinished, tmp_path / "out")
+    assert_one_line_error(code, err, "has not finished", "--resume")
+    assert not (tmp_path / "out").exists()
+    code, _, err = run_cli(capsys, "train", "--resume", dest)
+    assert code == 2 and "Traceback" not in err
 
 
 # ==========================================================================
