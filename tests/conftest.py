@@ -25,6 +25,17 @@ def fake_digits(n: int, seed: int, size: int = 28) -> tuple[np.ndarray, np.ndarr
     return images, labels
 
 
+def centred_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """28x28 uint8 images whose content (a label-dependent bar) sits in columns/rows 10..17."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    images = np.zeros((n, 28, 28), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        top = 10 + int(rng.integers(0, 2))
+        images[i, top : top + 2 + label // 2, 11 + label % 5 : 14 + label % 5] = rng.integers(128, 256)
+    return images, labels
+
+
 @pytest.fixture
 def fake_mnist_root(tmp_path: Path) -> Path:
     """A data root with a tiny MNIST (60 train / 20 test images) as uncompressed IDX files."""

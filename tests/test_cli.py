@@ -29,21 +29,12 @@ from relative_performer.data import sources
 from relative_performer.models import MODELS
 from relative_performer.training import run as run_module
 
+from conftest import centred_digits
+
 N_TRAIN, N_TEST, VAL_SIZE, BATCH = 300, 100, 60, 16
 STEPS_PER_EPOCH = -(-(N_TRAIN - VAL_SIZE) // BATCH)  # 15
 TINY = ["--dim", "16", "--depth", "1", "--heads", "2", "--batch_size", str(BATCH), "--val_size", str(VAL_SIZE),
         "--no_progress_bar", "--num_workers", "0", "--accelerator", "cpu", "--log_every_n_steps", "5"]
-
-
-def centred_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """28x28 uint8 images whose content (a label-dependent bar) sits in columns/rows 10..17."""
-    rng = np.random.default_rng(seed)
-    labels = (np.arange(n) % 10).astype(np.uint8)
-    images = np.zeros((n, 28, 28), dtype=np.uint8)
-    for i, label in enumerate(labels):
-        top = 10 + int(rng.integers(0, 2))
-        images[i, top : top + 2 + label // 2, 11 + label % 5 : 14 + label % 5] = rng.integers(128, 256)
-    return images, labels
 
 
 @pytest.fixture(scope="module")

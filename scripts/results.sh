@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Evaluate the runs in pretrained/ into results/ and refresh the README's results table.
+#   scripts/results.sh            (about 15 minutes on a 2-core CPU for ten runs)
+# Writes, with the project's own commands:
+#   results/test.csv                 test-recursive: val and test accuracy of every run
+#   results/shifted-label1-x.csv     test-shifted, label 1, shifts -8..8 along x (the paper's protocol)
+#   results/shifted-all-x.csv        test-shifted, all labels, -8..8 along x
+#   results/shifted-all-y.csv        test-shifted, all labels, -4..4 along y (MNIST digits have ~4 free rows)
+#   results/feature-draws-x.csv      MNIST relative models with their own features and 5 fresh draws
+#   results/shifted.png              plot-shifted of shifted-label1-x.csv
+#   results/shifted-all.png          plot-shifted of the all-label CSVs
+#   results/table.md                 the tables, also put into README.md
+#   VENV (default .venv)   PRETRAINED (default pretrained)   RESULTS (default results)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${VENV:-.venv}"
+rp="$venv/bin/relative-performer"
+src="${PRETRAINED:-pretrained}"
+out="${RESULTS:-results}"
+mkdir -p "$out"
+
+"$rp" test-recursive "$src" --output "$out/test.csv"
+"$rp" test-shifted "$src" --labels 1 --min_shift 8 --output "$out/shifted-label1-x.csv"
+"$rp" test-shifted "$src" --labels all --min_shift 8 --output "$out/shifted-all-x.csv"
+"$rp" test-shifted "$src" --labels all --min_shift 4 --axis y --output "$out/shifted-all-y.csv"
+relative=()
+for model in RelativePerformer ExactRelativePerformer; do
+  [ -d "$src/MNIST/$model" ] && relative+=("$src/MNIST/$model")
+done
+if [ ${#relative[@]} -gt 0 ]; then
+  "$rp" test-shifted "${relative[@]}" --labels all --min_shift 8 --feature_seed 1 2 3 4 5 \
+    --output "$out/feature-draws-x.csv"
+fi
+"$rp" plot-shifted "$out/shifted-label1-x.csv" --output "$out/shifted.png" \
+  --title "Pretrained models, label 1 shifted along x"
+"$rp" plot-shifted "$out/shifted-all-x.csv" "$out/shifted-all-y.csv" --output "$out/shifted-all.png" \
+  --title "Pretrained models, all labels"
+"$venv/bin/python" scripts/results_table.py "$out" --readme README.md
