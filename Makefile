@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export VENV
 
-.PHONY: setup data demo test bench clean
+.PHONY: setup data demo test bench results clean
 
 setup:
 	@scripts/setup-env.sh $(VENV)
@@ -19,6 +19,9 @@ demo: data
 
 test: data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+results: data
+	@scripts/results.sh
 
 bench: setup
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
