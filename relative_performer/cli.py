@@ -380,6 +380,8 @@ def test_shifted_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="CSV file to write (its folder is created)")
     parser.add_argument("--feature_seed", type=int, nargs="+", default=None, metavar="SEED",
                         help="Also evaluate with random features redrawn from each SEED (rows get feature_seed)")
+    parser.add_argument("--max_images", type=int, default=None,
+                        help="Use only the first MAX_IMAGES qualifying test images, in file order (quicker)")
     parser.add_argument("--redraw_features", action="store_true",
                         help="Evaluate with one fresh random draw of the features (seed printed and saved) "
                              "instead of the checkpoint's")
@@ -401,9 +403,11 @@ def run_test_shifted(args: argparse.Namespace, parser, argv) -> int:
         seeds = [None, *seeds]  # the checkpoint's own features, then each redraw
     if args.min_shift < 0:
         raise UserError(f"--min_shift must be >= 0 (got {args.min_shift})")
+    if args.max_images is not None and args.max_images < 1:
+        raise UserError(f"--max_images must be at least 1 (got {args.max_images})")
     rows = test_shifted(
         args.run_dirs, _labels(args.labels), args.min_shift, args.axis, args.data_dir, args.batch_size, args.device,
-        seeds or [None],
+        seeds or [None], args.max_images,
     )
     path = write_csv(rows, args.output)
     print(f"Wrote {len(rows)} rows to {path}")

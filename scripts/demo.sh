@@ -7,6 +7,7 @@
 #     `train` command, then tested, so that you see training work on your machine.
 #   DEMO_MINUTES (default 5)       training wall time of step 2
 #   DEMO_OUT (default runs/demo)   where the CSVs, figure and the new run go
+#   DEMO_SHIFT_IMAGES (default 400) shifted digits per model in step 1 (MNIST has 855 that fit)
 #   PRETRAINED (default pretrained)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +26,8 @@ for model in Performer RelativePerformer ExactRelativePerformer; do
 done
 if [ ${#runs[@]} -gt 0 ]; then
   echo "== 1/3 pretrained models on MNIST test digits '1' shifted by -8..8 pixels"
-  "$rp" test-shifted "${runs[@]}" --labels 1 --min_shift 8 --output "$out/pretrained-shifted.csv" ${DEMO_SHIFT_ARGS:-}
+  "$rp" test-shifted "${runs[@]}" --labels 1 --min_shift 8 --max_images "${DEMO_SHIFT_IMAGES:-400}" \
+    --output "$out/pretrained-shifted.csv" ${DEMO_SHIFT_ARGS:-}
   "$rp" plot-shifted "$out/pretrained-shifted.csv" --output "$out/pretrained-shifted.png" \
     --title "Pretrained models: MNIST '1's shifted along x"
   "$python" - "$out/pretrained-shifted.csv" <<'PY'

@@ -5,8 +5,8 @@
 #   results/test.csv                 test-recursive: val and test accuracy of every run
 #   results/shifted-label1-x.csv     test-shifted, label 1, shifts -8..8 along x (the paper's protocol)
 #   results/shifted-all-x.csv        test-shifted, all labels, -8..8 along x
-#   results/shifted-all-y.csv        test-shifted, all labels, -4..4 along y (MNIST digits have ~4 free rows)
-#   results/feature-draws-x.csv      MNIST relative models with their own features and 5 fresh draws
+#   results/shifted-all-y.csv        test-shifted, all labels, -4..4 along y (MNIST digits have ~4 free rows), first 2000
+#   results/feature-draws-x.csv      MNIST relative models, own features and 5 fresh draws, first 1000
 #   results/shifted.png              plot-shifted of shifted-label1-x.csv
 #   results/shifted-all.png          plot-shifted of the all-label CSVs
 #   results/table.md                 the tables, also put into README.md
@@ -22,13 +22,13 @@ mkdir -p "$out"
 "$rp" test-recursive "$src" --output "$out/test.csv"
 "$rp" test-shifted "$src" --labels 1 --min_shift 8 --output "$out/shifted-label1-x.csv"
 "$rp" test-shifted "$src" --labels all --min_shift 8 --output "$out/shifted-all-x.csv"
-"$rp" test-shifted "$src" --labels all --min_shift 4 --axis y --output "$out/shifted-all-y.csv"
+"$rp" test-shifted "$src" --labels all --min_shift 4 --axis y --max_images 2000 --output "$out/shifted-all-y.csv"
 relative=()
 for model in RelativePerformer ExactRelativePerformer; do
   [ -d "$src/MNIST/$model" ] && relative+=("$src/MNIST/$model")
 done
 if [ ${#relative[@]} -gt 0 ]; then
-  "$rp" test-shifted "${relative[@]}" --labels all --min_shift 8 --feature_seed 1 2 3 4 5 \
+  "$rp" test-shifted "${relative[@]}" --labels all --min_shift 8 --feature_seed 1 2 3 4 5 --max_images 1000 \
     --output "$out/feature-draws-x.csv"
 fi
 "$rp" plot-shifted "$out/shifted-label1-x.csv" --output "$out/shifted.png" \

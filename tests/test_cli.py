@@ -232,6 +232,19 @@ def test_test_shifted_and_plot(capsys, trained, tmp_path):
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_test_shifted_max_images_takes_the_first_qualifying_images(capsys, trained, tmp_path):
+    rows = {}
+    for limit in (None, 3):
+        extra = [] if limit is None else ["--max_images", str(limit)]
+        code, _, err = run_cli(capsys, "test-shifted", trained, "--labels", "all", "--min_shift", "2", *extra,
+                               "--output", tmp_path / f"{limit}.csv")
+        assert code == 0, err
+        rows[limit] = pd.read_csv(tmp_path / f"{limit}.csv")
+    assert (rows[3]["n_images"] == 3).all() and (rows[None]["n_images"] == N_TEST).all()
+    code, _, err = run_cli(capsys, "test-shifted", trained, "--max_images", "0", "--output", tmp_path / "x.csv")
+    assert_one_line_error(code, err, "--max_images")
+
+
 def test_redrawn_features_are_fixed_by_the_seed(trained):
     from relative_performer.evaluation.runs import load_run
     from relative_performer.evaluation.shifted import draw_features

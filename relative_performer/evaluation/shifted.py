@@ -54,8 +54,9 @@ def shifted_rows(
     device: torch.device | str = "cpu",
     feature_seed: int | None = None,
     cache: dict | None = None,
+    max_images: int | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per shift for one run."""
+    """One row per shift for one run (``max_images``: only the first that many qualifying images)."""
     from relative_performer.data.shift import load_shift_test_set, shift_images, shift_range
 
     if loaded.dataset not in SHIFTABLE_DATASETS:
@@ -68,6 +69,8 @@ def shifted_rows(
     if key not in cache:
         cache[key] = load_shift_test_set(loaded.dataset, root, loaded.embedding_type, labels, min_shift, axis)
     images, targets = cache[key]
+    if max_images is not None:
+        images, targets = images[:max_images], targets[:max_images]
     if feature_seed is not None:
         draw_features(loaded.model, feature_seed)
     label_text = "all" if labels is None else " ".join(str(label) for label in labels)
@@ -103,6 +106,7 @@ def test_shifted(
     batch_size: int = 256,
     device: str = "auto",
     feature_seeds: Sequence[int | None] = (None,),
+    max_images: int | None = None,
 ) -> list[dict[str, Any]]:
     """Rows for every run at or below ``run_dirs`` and every feature seed (``None``: the checkpoint's features)."""
     dev = resolve_device(device)
@@ -111,7 +115,7 @@ def test_shifted(
     for run in runs_below(run_dirs):
         for seed in feature_seeds:
             loaded = load_run(run.path, dev)  # fresh for every seed: draws must not accumulate
-            run_rows = shifted_rows(loaded, labels, min_shift, axis, data_dir, batch_size, dev, seed, cache)
+            run_rows = shifted_rows(loaded, labels, min_shift, axis, data_dir, batch_size, dev, seed, cache, max_images)
             by_shift = {r["shift"]: r["accuracy_mean"] for r in run_rows}
             features = "" if seed is None else f" (features drawn with seed {seed})"
             print(
