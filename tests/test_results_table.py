@@ -33,12 +33,16 @@ def write_results(folder: Path) -> None:
     pd.DataFrame(rows).to_csv(folder / "feature-draws-x.csv", index=False)
 
 
+def make_tables(folder: Path, readme: Path) -> subprocess.CompletedProcess:
+    script = ROOT / "scripts" / "results_table.py"
+    return subprocess.run([sys.executable, str(script), str(folder), "--readme", str(readme)], capture_output=True, text=True)
+
+
 def test_tables_are_made_from_the_csvs_and_put_between_the_readme_markers(tmp_path):
     write_results(tmp_path)
     readme = tmp_path / "README.md"
     readme.write_text("# title\n\nbefore\n<!-- results:start -->\nold table\n<!-- results:end -->\nafter\n")
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "results_table.py"), str(tmp_path), "--readme", str(readme)],
-                          capture_output=True, text=True)
+    done = make_tables(tmp_path, readme)
     assert done.returncode == 0, done.stderr
     text = readme.read_text()
     assert "old table" not in text and text.startswith("# title\n\nbefore\n<!-- results:start -->\n") and text.endswith("<!-- results:end -->\nafter\n")
@@ -58,7 +62,6 @@ def test_a_readme_without_markers_is_refused(tmp_path):
     write_results(tmp_path)
     readme = tmp_path / "README.md"
     readme.write_text("# no markers\n")
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "results_table.py"), str(tmp_path), "--readme", str(readme)],
-                          capture_output=True, text=True)
+    done = make_tables(tmp_path, readme)
     assert done.returncode != 0 and "no <!-- results:start -->" in done.stderr
     assert readme.read_text() == "# no markers\n"
