@@ -51,7 +51,8 @@ def test_demo_runs_end_to_end_on_a_tiny_budget(tiny_world, tmp_path):
     venv = Path(sys.executable).parent.parent
     env = {
         **os.environ, "VENV": str(venv), "RELATIVE_PERFORMER_DATA": str(data), "PRETRAINED": str(pretrained),
-        "DEMO_OUT": str(out), "DEMO_MINUTES": "60",  # --max_steps ends it, not the clock "DEMO_TEST_BATCHES": "1",
+        "DEMO_OUT": str(out), "DEMO_TEST_BATCHES": "1",
+        "DEMO_MINUTES": "60",  # --max_steps ends the training, not the clock (a loaded machine is slow)
         "DEMO_TRAIN_ARGS": "--max_steps 12 --val_check_interval 6 --val_size 60 --no_progress_bar --accelerator cpu",
         "OMP_NUM_THREADS": "1",
     }
