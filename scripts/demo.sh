@@ -44,7 +44,7 @@ fi
 echo "== 2/3 training a small RelativePerformer on MNIST from scratch for $minutes minutes"
 rm -rf "$out/scratch/RelativePerformer"
 "$rp" train RelativePerformer MNIST --log_path "$out/scratch" --exp_name RelativePerformer --version 0 \
-  --dim 32 --depth 2 --heads 4 --batch_size 32 --learning_rate 3e-3 --warmup 150 --feature_redraw_interval 100 \
+  --dim 32 --depth 2 --heads 4 --batch_size 32 --learning_rate 1e-3 --warmup 150 --feature_redraw_interval 1000 \
   --max_time "$max_time" --val_check_interval 300 --limit_val_batches 40 --limit_test_batches 0 \
   --seed 1 ${DEMO_TRAIN_ARGS:-}
 run="$out/scratch/RelativePerformer/version_0"
