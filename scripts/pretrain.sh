@@ -44,7 +44,7 @@ PY
     else
       rm -rf "$run"  # a run killed before its first checkpoint starts again
       "${rp[@]}" train "$model" "$dataset" --log_path "$runs" --exp_name "$dataset" --version "$model" \
-        --dim 32 --depth 2 --heads 4 --batch_size 32 --learning_rate 1e-3 --schedule noam --warmup 500 \
+        --dim 32 --depth 4 --heads 4 --batch_size 32 --learning_rate 1e-3 --schedule noam --warmup 500 \
         --feature_redraw_interval 1000 --val_check_interval 500 --limit_val_batches 40 --patience 40 \
         --seed 1 --max_time "$max_time" --no_progress_bar "$@" > "$log" 2>&1 &
     fi
