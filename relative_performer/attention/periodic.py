@@ -178,6 +178,12 @@ class PeriodicRelativeAttention(SelfAttention):
 
         u (h, n, a, p), psi (n, a, p); token 0 the class token, then the pixels row-major,
         so u and psi of a pixel are those of its row (axis y) and its column (axis x).
+        Keys: ``S[p, q] = sum_yx psi_y[y, p] psi_x[x, q] phi(k_yx) (x) v1_yx`` (m x e each),
+        summed over x by a matmul of ``psi_x (x) phi(k)`` (n x q m) with v1, then over y.
+        Queries: ``R[p, x] = sum_q u_x[x, q] S[p, q]``, then ``out_yx = sum_{p, m}
+        (u_y[y, p] phi(q_yx)_m) R[p, x, m, :]``, a matmul per column. No tensor has more
+        than n * max(p, q) * m entries per head: the per-token outer product phi(k) (x) v1
+        (n * m * e, e = head dim + 1) is never formed.
         """
         q_features = self.feature_map.up_to_scale(q, is_query=True)  # (b, h, n, m)
         k_features = self.feature_map.up_to_scale(k, is_query=False)
@@ -187,17 +193,29 @@ class PeriodicRelativeAttention(SelfAttention):
         psi_y, psi_x = psi[rows, 0], psi[1 : 1 + width, 1]  # (y, p), (x, q)
         u_y, u_x = u[:, rows, 0], u[:, 1 : 1 + width, 1]  # (h, y, p), (h, x, q)
         with autocast_off(q.device):
-            kv = self.key_values(k_features.to(dtype), v.to(dtype))  # (b, h, n, m, e)
-            pixels = rearrange(kv[:, :, 1:], "b h (y x) m e -> b h y x (m e)", y=height)
-            # one axis at a time (an einsum of all three would form the (y x) x (p q) product)
-            columns_summed = torch.einsum("xq,bhyxz->bhyqz", psi_x, pixels)
-            context = torch.einsum("yp,bhyqz->bhpqz", psi_y, columns_summed)  # (b, h, p, q, m e)
-            context[:, :, 0, 0] += rearrange(kv[:, :, 0], "b h m e -> b h (m e)")  # class token: psi = e_0 (x) e_0
-            per_column = torch.einsum("hxq,bhpqz->bhpxz", u_x, context)
-            y_pixels = torch.einsum("hyp,bhpxz->bhyxz", u_y, per_column)  # (b, h, y, x, m e)
-            y_class = (u[:, 0, 0, 0] * u[:, 0, 1, 0])[:, None] * context[:, :, 0, 0]  # (b, h, m e)
-            y = torch.cat((y_class[:, :, None], rearrange(y_pixels, "b h y x z -> b h (y x) z")), dim=2)
-            return self.read_out(q_features.to(dtype), rearrange(y, "b h n (m e) -> b h n m e", m=kv.shape[-2]))
+            q_features, k_features, v = q_features.to(dtype), k_features.to(dtype), v.to(dtype)
+            b, h, _, m = k_features.shape
+            v1 = torch.cat((v, v.new_ones(v.shape[:-1] + (1,))), dim=-1)  # (b, h, n, e)
+            e = v1.shape[-1]
+            p_count, q_count = psi_y.shape[1], psi_x.shape[1]
+            keys = k_features[:, :, 1:].reshape(b, h, height, width, 1, m) * psi_x[:, :, None]  # (b, h, y, x, q, m)
+            keys = keys.reshape(b, h, height, width, q_count * m).transpose(-1, -2)
+            rows_summed = torch.matmul(keys, v1[:, :, 1:].reshape(b, h, height, width, e))  # (b, h, y, q m, e)
+            context = torch.matmul(psi_y.T, rows_summed.reshape(b, h, height, q_count * m * e))
+            context = context.view(b, h, p_count, q_count, m * e)
+            # the class token's psi is e_0 (x) e_0: its key-value adds to the constant-constant entry
+            corner = torch.zeros(p_count, q_count, 1, dtype=dtype, device=context.device)
+            corner[0, 0] = 1.0
+            class_kv = (k_features[:, :, 0, :, None] * v1[:, :, 0, None, :]).reshape(b, h, 1, 1, m * e)
+            context = context + corner * class_kv
+            per_column = torch.matmul(u_x[None, :, None], context)  # (b, h, p, x, m e)
+            per_column = rearrange(per_column, "b h p x (m e) -> b h x (p m) e", m=m)
+            queries = rearrange(q_features[:, :, 1:], "b h (y x) m -> b h x y m", y=height)
+            queries = rearrange(queries[..., None, :] * u_y[None, :, None, :, :, None], "b h x y p m -> b h x y (p m)")
+            pixels_out = rearrange(torch.matmul(queries, per_column), "b h x y e -> b h (y x) e")
+            class_context = (u[:, 0, 0, 0] * u[:, 0, 1, 0])[:, None] * context[:, :, 0, 0]  # (b, h, m e)
+            class_out = (q_features[:, :, :1, :, None] * class_context.view(b, h, 1, m, e)).sum(-2)
+            return self.normalise(torch.cat((class_out, pixels_out), dim=2))
 
     @staticmethod
     def key_values(k_features: Tensor, v: Tensor) -> Tensor:
@@ -205,9 +223,13 @@ class PeriodicRelativeAttention(SelfAttention):
         v1 = torch.cat((v, v.new_ones(v.shape[:-1] + (1,))), dim=-1)
         return k_features[..., :, None] * v1[..., None, :]
 
-    @staticmethod
-    def read_out(q_features: Tensor, y: Tensor) -> Tensor:
+    @classmethod
+    def read_out(cls, q_features: Tensor, y: Tensor) -> Tensor:
         """q_features (b, h, n, m), y (b, h, n, m, d + 1) -> normalised output (b, h, n, d)."""
-        out = (q_features[..., None, :] @ y).squeeze(-2)  # (b, h, n, d + 1)
+        return cls.normalise((q_features[..., None] * y).sum(-2))  # m and e are too small for a fast matmul
+
+    @staticmethod
+    def normalise(out: Tensor) -> Tensor:
+        """(..., d + 1) numerator and normaliser -> (..., d)."""
         numerator, denominator = out[..., :-1], out[..., -1:]
         return numerator * denominator.clamp_min(torch.finfo(denominator.dtype).tiny).reciprocal()
