@@ -18,7 +18,8 @@ import pytest
 
 from relative_performer.data.datasets import make_dataset
 from relative_performer.errors import UserError
-from relative_performer.evaluation.runs import load_run, test_run
+from relative_performer.evaluation.runs import load_run
+from relative_performer.evaluation.runs import test_run as evaluate_run  # (not collected as a test)
 from relative_performer.run_folder import find_runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def test_run_scores_its_recorded_accuracy(run: Path):
     except UserError as exc:
         pytest.skip(f"{loaded.dataset} is not available here ({exc}); `make data` fetches it")
     check = json.loads((run / "results.json").read_text())["check"]
-    row = test_run(loaded, splits=(check["split"],), limit=check["n_images"])
+    row = evaluate_run(loaded, splits=(check["split"],), limit=check["n_images"])
     assert row[f"{check['split']}_n"] == check["n_images"]
     assert abs(row[f"{check['split']}_acc"] - check["accuracy"]) <= 0.005
     assert row[f"{check['split']}_loss"] == pytest.approx(check["loss"], rel=1e-3)
