@@ -52,12 +52,13 @@ PY
 done
 wait
 
-echo "== exporting the finished runs to $pretrained"
+echo "== exporting the finished runs to $pretrained (in parallel)"
 for dataset in $datasets; do
   for model in $models; do
     run="$runs/$dataset/$model"
     [ -f "$run/results.json" ] || { echo "$run has not finished (see $runs/logs/$dataset-$model.log)"; continue; }
     rm -rf "${pretrained:?}/$dataset/$model"
-    "${rp[@]}" export "$run" "$pretrained/$dataset/$model"
+    "${rp[@]}" export "$run" "$pretrained/$dataset/$model" &
   done
 done
+wait

@@ -10,29 +10,32 @@
 #   results/shifted.png              plot-shifted of shifted-label1-x.csv
 #   results/shifted-all.png          plot-shifted of the all-label CSVs
 #   results/table.md                 the tables, also put into README.md
-#   VENV (default .venv)   PRETRAINED (default pretrained)   RESULTS (default results)
+#   VENV (default .venv)   PYTHON (default $VENV/bin/python)   PRETRAINED (default pretrained)
+#   RESULTS (default results)   EVAL_ARGS (more options for every test command, e.g. "--batch_size 1024")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${VENV:-.venv}"
-rp="$venv/bin/relative-performer"
+python="${PYTHON:-$venv/bin/python}"
+read -r -a extra <<< "${EVAL_ARGS:-}"
+rp() { "$python" -m relative_performer "$@" "${extra[@]}"; }
 src="${PRETRAINED:-pretrained}"
 out="${RESULTS:-results}"
 mkdir -p "$out"
 
-"$rp" test-recursive "$src" --output "$out/test.csv"
-"$rp" test-shifted "$src" --labels 1 --min_shift 8 --output "$out/shifted-label1-x.csv"
-"$rp" test-shifted "$src" --labels all --min_shift 8 --output "$out/shifted-all-x.csv"
-"$rp" test-shifted "$src" --labels all --min_shift 4 --axis y --max_images 2000 --output "$out/shifted-all-y.csv"
+rp test-recursive "$src" --output "$out/test.csv"
+rp test-shifted "$src" --labels 1 --min_shift 8 --output "$out/shifted-label1-x.csv"
+rp test-shifted "$src" --labels all --min_shift 8 --output "$out/shifted-all-x.csv"
+rp test-shifted "$src" --labels all --min_shift 4 --axis y --max_images 2000 --output "$out/shifted-all-y.csv"
 relative=()
 for model in RelativePerformer ExactRelativePerformer; do
   [ -d "$src/MNIST/$model" ] && relative+=("$src/MNIST/$model")
 done
 if [ ${#relative[@]} -gt 0 ]; then
-  "$rp" test-shifted "${relative[@]}" --labels all --min_shift 8 --feature_seed 1 2 3 4 5 --max_images 1000 \
+  rp test-shifted "${relative[@]}" --labels all --min_shift 8 --feature_seed 1 2 3 4 5 --max_images 1000 \
     --output "$out/feature-draws-x.csv"
 fi
-"$rp" plot-shifted "$out/shifted-label1-x.csv" --output "$out/shifted.png" \
+"$python" -m relative_performer plot-shifted "$out/shifted-label1-x.csv" --output "$out/shifted.png" \
   --title "Pretrained models, label 1 shifted along x"
-"$rp" plot-shifted "$out/shifted-all-x.csv" "$out/shifted-all-y.csv" --output "$out/shifted-all.png" \
+"$python" -m relative_performer plot-shifted "$out/shifted-all-x.csv" "$out/shifted-all-y.csv" --output "$out/shifted-all.png" \
   --title "Pretrained models, all labels"
-"$venv/bin/python" scripts/results_table.py "$out" --readme README.md
+"$python" scripts/results_table.py "$out" --readme README.md
