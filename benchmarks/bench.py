@@ -283,9 +283,9 @@ def environment(device: torch.device, threads: int) -> dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     try:
-        import performer_pytorch
+        from importlib.metadata import version
 
-        info["performer_pytorch"] = getattr(performer_pytorch, "__version__", "1.1.4?")
+        info["performer_pytorch"] = version("performer-pytorch") if lucidrains_available() else None
     except Exception:
         info["performer_pytorch"] = None
     return info
