@@ -44,6 +44,15 @@ def _pct(value: float | None) -> str:
     return "–" if value is None or pd.isna(value) else f"{100 * value:.1f}"
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _images(rows: pd.DataFrame) -> str:
+    """The number of images behind a run's shift curve (the same at every shift)."""
+    return str(int(rows["n_images"].iloc[0])) if "n_images" in rows and not rows["n_images"].isna().all() else "–"
+
+
 def accuracy_table(test: pd.DataFrame) -> str:
     datasets = [d for d in ("MNIST", "FashionMNIST", "CIFAR10") if d in set(test["dataset"])]
     header = ["model"] + [f"{d} ours" for d in datasets] + [f"{d} paper" for d in datasets] + ["parameters", "training (ours, per run)"]
@@ -57,7 +66,7 @@ def accuracy_table(test: pd.DataFrame) -> str:
             if dataset not in rows.index:
                 continue
             results = json.loads((Path(rows.loc[dataset, "run_dir"]) / "results.json").read_text())
-            budgets.append(f"{dataset}: {results['global_step']} steps, {results['train_seconds'] / 3600:.1f} h")
+            budgets.append(f"{dataset}: {results['global_step']} steps, {_duration(results['train_seconds'])}")
         lines.append("| " + " | ".join([f"`{model}`", *ours, *paper, f"{int(rows['parameters'].iloc[0]):,}", "; ".join(budgets)]) + " |")
     return "\n".join(lines)
 
@@ -65,28 +74,31 @@ def accuracy_table(test: pd.DataFrame) -> str:
 def shift_table(shifted: pd.DataFrame) -> str:
     own = shifted[shifted["feature_seed"].isna()] if "feature_seed" in shifted else shifted
     edge = int(own["shift"].max())
-    lines = [f"| dataset | model | ours {-edge} / 0 / +{edge} | worst shift, ours | paper -8 / 0 / +8 |", "|---|---|---|---|---|"]
+    lines = [f"| dataset | model | images | ours {-edge} / 0 / +{edge} | worst shift, ours | paper -8 / 0 / +8 |",
+             "|---|---|---|---|---|---|"]
     for dataset in [d for d in ("MNIST", "FashionMNIST") if d in set(own["dataset"])]:
         for model in _order(own[own["dataset"] == dataset]["model"]):
-            rows = own[(own["dataset"] == dataset) & (own["model"] == model)].set_index("shift")["accuracy_mean"]
+            run_rows = own[(own["dataset"] == dataset) & (own["model"] == model)]
+            rows = run_rows.set_index("shift")["accuracy_mean"]
             ours = " / ".join(_pct(rows.get(s)) for s in (-edge, 0, edge))
             worst = f"{_pct(rows.min())} at {int(rows.idxmin()):+d}"
             paper = " / ".join(f"{v:.1f}" for v in PAPER_SHIFT[(dataset, model)]) if (dataset, model) in PAPER_SHIFT else "–"
-            lines.append(f"| {dataset} | `{model}` | {ours} | {worst} | {paper} |")
+            lines.append(f"| {dataset} | `{model}` | {_images(run_rows)} | {ours} | {worst} | {paper} |")
     return "\n".join(lines)
 
 
 def flatness_table(frames: dict[str, pd.DataFrame]) -> str:
     """Per dataset, model and axis: unshifted accuracy, worst shift, and the spread (max - min) over shifts."""
-    lines = ["| dataset | model | axis | shifts | unshifted | worst | spread (points) |", "|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | model | axis | shifts | images | unshifted | worst | spread (points) |", "|---|---|---|---|---|---|---|---|"]
     for axis, frame in frames.items():
         own = frame[frame["feature_seed"].isna()] if "feature_seed" in frame else frame
         for dataset in [d for d in ("MNIST", "FashionMNIST") if d in set(own["dataset"])]:
             for model in _order(own[own["dataset"] == dataset]["model"]):
-                rows = own[(own["dataset"] == dataset) & (own["model"] == model)].set_index("shift")["accuracy_mean"]
+                run_rows = own[(own["dataset"] == dataset) & (own["model"] == model)]
+                rows = run_rows.set_index("shift")["accuracy_mean"]
                 edge = int(rows.index.max())
                 lines.append(
-                    f"| {dataset} | `{model}` | {axis} | -{edge}..{edge} | {_pct(rows.get(0))} | "
+                    f"| {dataset} | `{model}` | {axis} | -{edge}..{edge} | {_images(run_rows)} | {_pct(rows.get(0))} | "
                     f"{_pct(rows.min())} at {int(rows.idxmin()):+d} | {100 * (rows.max() - rows.min()):.1f} |"
                 )
     return "\n".join(lines)
@@ -94,13 +106,13 @@ def flatness_table(frames: dict[str, pd.DataFrame]) -> str:
 
 def draws_table(draws: pd.DataFrame) -> str:
     """Per model: with its own features and over fresh draws, unshifted accuracy and spread over shifts."""
-    lines = ["| model | features | unshifted | worst shift | spread over shifts (points) |", "|---|---|---|---|---|"]
+    lines = ["| model | features | images | unshifted | worst shift | spread over shifts (points) |", "|---|---|---|---|---|---|"]
     for model in _order(draws["model"]):
         frame = draws[draws["model"] == model]
         for seed, rows in frame.groupby(frame["feature_seed"].fillna(-1), sort=True):
             acc = rows.set_index("shift")["accuracy_mean"]
             label = "its own" if seed == -1 else f"fresh draw, seed {int(seed)}"
-            lines.append(f"| `{model}` | {label} | {_pct(acc.get(0))} | {_pct(acc.min())} at {int(acc.idxmin()):+d} | "
+            lines.append(f"| `{model}` | {label} | {_images(rows)} | {_pct(acc.get(0))} | {_pct(acc.min())} at {int(acc.idxmin()):+d} | "
                          f"{100 * (acc.max() - acc.min()):.1f} |")
     return "\n".join(lines)
 
@@ -115,9 +127,11 @@ def main() -> None:
     text = (
         "Test accuracy (%), ours on the full test split with `test-recursive`; the paper's from its results table. "
         f"Ours are much smaller and trained far shorter (dim {int(test['dim'].iloc[0])}, depth {int(test['depth'].iloc[0])}, "
-        f"heads {int(test['heads'].iloc[0])}, on a 2-core CPU) than the paper's ({PAPER_SIZE}), so they may score less.\n\n"
+        f"heads {int(test['heads'].iloc[0])}; each run's steps and training time in the last column) than the paper's "
+        f"({PAPER_SIZE}), so they may score less.\n\n"
         + accuracy_table(test)
-        + "\n\nShift test (label 1, images with at least 8 empty columns on each side, shifted along x), accuracy in %:\n\n"
+        + "\n\nShift test (label 1, test images with at least 8 empty columns on each side, the first `images` of them, "
+        "shifted along x), accuracy in %:\n\n"
         + shift_table(shifted)
         + "\n"
     )

@@ -157,6 +157,9 @@ def test_run_folder_layout(trained):
     assert config["model_config"]["dim"] == 16 and config["model_config"]["pos_scales"] == 4
     assert config["training"]["learning_rate"] == 1e-3 and config["training"]["batch_size"] == BATCH
     assert config["command"].startswith("relative-performer train RelativePerformer MNIST")
+    machine = config["sessions"][0]["machine"]  # where it trained, for the record
+    assert machine["torch"] == torch.__version__ and machine["cpu_count"] >= 1 and machine["torch_threads"] >= 1
+    assert machine["gpu"] == (torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
     results = json.loads((trained / "results.json").read_text())
     for key in ("best_val_acc", "best_val_loss", "test_acc", "test_loss", "parameters", "epochs", "train_seconds"):
         assert results[key] is not None, key

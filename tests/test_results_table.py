@@ -17,7 +17,7 @@ def write_results(folder: Path) -> None:
     for i, (model, acc) in enumerate((("Performer", 0.9812), ("RelativePerformer", 0.9734), ("ExactRelativePerformer", 0.9701))):
         run = folder / "pretrained" / "MNIST" / model
         run.mkdir(parents=True)
-        (run / "results.json").write_text(json.dumps({"global_step": 1000 * (i + 1), "train_seconds": 3600.0 * (i + 1)}))
+        (run / "results.json").write_text(json.dumps({"global_step": 1000 * (i + 1), "train_seconds": 3600.0 * 2 ** i}))
         runs.append({"run_dir": str(run), "model": model, "dataset": "MNIST", "dim": 32, "depth": 2, "heads": 4,
                      "parameters": 25_000 + i, "test_acc": acc})
     pd.DataFrame(runs).to_csv(folder / "test.csv", index=False)
@@ -27,7 +27,7 @@ def write_results(folder: Path) -> None:
             drop = 0.5 * abs(shift) / 8 if run["model"] == "Performer" else 0.0
             for seed in (None, 1):
                 rows.append({"run_dir": run["run_dir"], "model": run["model"], "dataset": "MNIST", "axis": "x",
-                             "shift": shift, "accuracy_mean": 0.99 - drop - (0.1 if seed else 0.0), "feature_seed": seed})
+                             "shift": shift, "n_images": 300, "accuracy_mean": 0.99 - drop - (0.1 if seed else 0.0), "feature_seed": seed})
     pd.DataFrame(rows).to_csv(folder / "shifted-label1-x.csv", index=False)
     pd.DataFrame(rows).to_csv(folder / "shifted-all-x.csv", index=False)
     pd.DataFrame(rows).to_csv(folder / "feature-draws-x.csv", index=False)
@@ -48,14 +48,14 @@ def test_tables_are_made_from_the_csvs_and_put_between_the_readme_markers(tmp_pa
     assert "old table" not in text and text.startswith("# title\n\nbefore\n<!-- results:start -->\n") and text.endswith("<!-- results:end -->\nafter\n")
     assert (tmp_path / "table.md").read_text() in text
     # clean accuracy beside the paper's, with the run's budget
-    assert "| `Performer` | 98.1 | 98.85 | 25,000 | MNIST: 1000 steps, 1.0 h |" in text
-    assert "| `ExactRelativePerformer` | 97.0 | – | 25,002 | MNIST: 3000 steps, 3.0 h |" in text
+    assert "| `Performer` | 98.1 | 98.85 | 25,000 | MNIST: 1000 steps, 60 min |" in text
+    assert "| `ExactRelativePerformer` | 97.0 | – | 25,002 | MNIST: 3000 steps, 4.0 h |" in text
     # the shift table uses the runs' own features only, the paper's numbers beside ours
-    assert "| MNIST | `Performer` | 49.0 / 99.0 / 49.0 | 49.0 at -8 | 25.8 / 99.3 / 58.2 |" in text
-    assert "| MNIST | `RelativePerformer` | 99.0 / 99.0 / 99.0 | 99.0 at -8 | 100.0 / 100.0 / 99.6 |" in text
+    assert "| MNIST | `Performer` | 300 | 49.0 / 99.0 / 49.0 | 49.0 at -8 | 25.8 / 99.3 / 58.2 |" in text
+    assert "| MNIST | `RelativePerformer` | 300 | 99.0 / 99.0 / 99.0 | 99.0 at -8 | 100.0 / 100.0 / 99.6 |" in text
     # feature draws: one line per draw
-    assert "| `RelativePerformer` | fresh draw, seed 1 | 89.0 | 89.0 at -8 | 0.0 |" in text
-    assert "| MNIST | `Performer` | x | -8..8 | 99.0 | 49.0 at -8 | 50.0 |" in text
+    assert "| `RelativePerformer` | fresh draw, seed 1 | 300 | 89.0 | 89.0 at -8 | 0.0 |" in text
+    assert "| MNIST | `Performer` | x | -8..8 | 300 | 99.0 | 49.0 at -8 | 50.0 |" in text
 
 
 def test_a_readme_without_markers_is_refused(tmp_path):

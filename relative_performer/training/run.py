@@ -26,6 +26,7 @@ import importlib.util
 import json
 import logging
 import os
+import platform
 import random
 import signal
 import time
@@ -218,6 +219,26 @@ def _check_model_takes(model, info, embedding_type: str, model_name: str) -> Non
         model.train(was_training)
 
 
+def _machine() -> dict:
+    """Where a session ran, for the run's record: torch, CPU, threads and the GPU torch sees (if any)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = None
+    try:
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except Exception:  # a broken driver must not stop a CPU run
+        pass
+    return {"torch": torch.__version__, "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": gpu}
+
+
 def _restore_metrics(logger, rows: list[dict[str, str]], header: list[str]) -> None:
     """Put the metrics of earlier sessions back into a resumed run's metrics.csv.
 
@@ -407,7 +428,7 @@ def train(request: TrainRequest, callbacks: Sequence[Any] = ()) -> int:
         "val_size": training.val_size,
         "split_seed": training.split_seed,
     }
-    session = {"started": _now(), "command": request.command, "runtime": asdict(runtime)}
+    session = {"started": _now(), "command": request.command, "runtime": asdict(runtime), "machine": _machine()}
     if child:
         pass
     elif resume:
