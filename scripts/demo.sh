@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job (`make demo`), about 10 minutes on a 2-core CPU:
 #  1. shift test of the shipped pretrained MNIST models (label 1, shifts -8..8 pixels along x),
-#     the figure and a table: absolute positions (Performer) lose the shifted digits, relative
-#     ones (RelativePerformer, ExactRelativePerformer) keep them;
+#     the figure and a table: absolute positions (Performer) lose the shifted digits; the
+#     exactly relative ExactRelativePerformer keeps them for any feature draw; RelativePerformer
+#     keeps them as far as its training taught it to ignore the positions its features leak;
 #  2. a small RelativePerformer trained from scratch for a few minutes with the project's own
 #     `train` command, then tested, so that you see training work on your machine.
 #   DEMO_MINUTES (default 5)       training wall time of step 2
