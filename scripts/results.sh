@@ -14,7 +14,7 @@
 #   RESULTS (default results)   EVAL_ARGS (more options for every test command, e.g. "--batch_size 1024")
 #   SHIFT_IMAGES (default: all qualifying images): at most this many images per run in every
 #   test-shifted (the y-axis and feature-draw tests take at most 2000 and 1000 anyway); on a
-#   2-core CPU, SHIFT_IMAGES=300 keeps the whole script near an hour for ten runs
+#   2-core CPU, SHIFT_IMAGES=300 keeps the whole script at about half an hour for ten runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${VENV:-.venv}"
