@@ -8,7 +8,9 @@
 # is its total training time, over all sessions. A run stopped by MAX_TIME is exported as it is;
 # give a larger MAX_TIME to train it further. Exports go to PRETRAINED/DATASET/MODEL with
 # `relative-performer export` (weights only); the exact train command and seed of each run are
-# in its config.json.
+# in its config.json. Extra options go to every `train`: new runs take any (e.g. --batch_size 64,
+# as the shipped runs did on a GPU), resumed runs only trainer options (--accelerator, --precision,
+# ...); their model and data settings are fixed by their run folder.
 #   MODELS    (default: every registered model)   DATASETS (default: MNIST FashionMNIST)
 #   PRETRAINED (default: pretrained)               PYTHON (default: .venv/bin/python)
 set -u
