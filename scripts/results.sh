@@ -11,7 +11,8 @@
 #   results/shifted-all.png          plot-shifted of the all-label CSVs
 #   results/table.md                 the tables, also put into README.md
 #   VENV (default .venv)   PYTHON (default $VENV/bin/python)   PRETRAINED (default pretrained)
-#   RESULTS (default results)   EVAL_ARGS (more options for every test command, e.g. "--batch_size 1024")
+#   RESULTS (default results)   README (default README.md: the file whose results block is replaced)
+#   EVAL_ARGS (more options for every test command, e.g. "--batch_size 1024")
 #   SHIFT_IMAGES (default: all qualifying images): at most this many images per run in every
 #   test-shifted (the y-axis and feature-draw tests take at most 2000 and 1000 anyway); on a
 #   2-core CPU, SHIFT_IMAGES=300 keeps the whole script at about half an hour for ten runs
@@ -46,4 +47,4 @@ fi
   --title "Pretrained models, label 1 shifted along x"
 "$python" -m relative_performer plot-shifted "$out/shifted-all-x.csv" "$out/shifted-all-y.csv" --output "$out/shifted-all.png" \
   --title "Pretrained models, all labels"
-"$python" scripts/results_table.py "$out" --readme README.md
+"$python" scripts/results_table.py "$out" --readme "${README:-README.md}"

@@ -74,3 +74,30 @@ def test_demo_runs_end_to_end_on_a_tiny_budget(tiny_world, tmp_path):
     # Run again: the demo replaces its own previous from-scratch run instead of refusing.
     again = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_results_script_runs_end_to_end_on_the_tiny_runs(tiny_world, tmp_path):
+    """scripts/results.sh (make results): every CSV, both figures and the README block, from tiny runs."""
+    data, pretrained = tiny_world
+    out = tmp_path / "results"
+    readme = tmp_path / "README.md"
+    readme.write_text("# t\n<!-- results:start -->\nold\n<!-- results:end -->\n")
+    env = {**os.environ, "PYTHON": sys.executable, "RELATIVE_PERFORMER_DATA": str(data), "PRETRAINED": str(pretrained),
+           "RESULTS": str(out), "README": str(readme), "SHIFT_IMAGES": "6", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "results.sh")], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    test = pd.read_csv(out / "test.csv")
+    assert sorted(test["model"]) == ["ExactRelativePerformer", "Performer", "RelativePerformer"]
+    for name, axis_shifts in (("shifted-label1-x", 17), ("shifted-all-x", 17), ("shifted-all-y", 9)):
+        frame = pd.read_csv(out / f"{name}.csv")
+        assert len(frame) == 3 * axis_shifts, name
+        assert (frame["n_images"] <= 6).all() and (frame["n_images"] > 0).all(), name  # SHIFT_IMAGES caps every test
+    draws = pd.read_csv(out / "feature-draws-x.csv")
+    assert sorted(set(draws["model"])) == ["ExactRelativePerformer", "RelativePerformer"]
+    assert sorted(set(draws["feature_seed"].dropna())) == [1, 2, 3, 4, 5] and len(draws) == 2 * 6 * 17
+    for figure in ("shifted.png", "shifted-all.png"):
+        assert (out / figure).read_bytes()[:4] == b"\x89PNG"
+    text = readme.read_text()
+    assert "old" not in text and "| `ExactRelativePerformer` |" in text and (out / "table.md").read_text() in text
