@@ -274,12 +274,10 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def environment(device: torch.device, threads: int) -> dict:
+    from relative_performer.training.run import machine_info
+
     info = dict(torch=torch.__version__, python=platform.python_version(), device=str(device), threads=threads,
-                cpu=platform.processor() or platform.machine(), time=time.strftime("%Y-%m-%d %H:%M:%S"))
-    try:
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+                cpu=machine_info()["cpu"], time=time.strftime("%Y-%m-%d %H:%M:%S"))
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     try:

@@ -32,7 +32,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from relative_performer.attention.favor import autocast_off
+from relative_performer.attention.favor import autocast_off, normalise, with_ones
 from relative_performer.models.blocks import AttentionContext, SelfAttention
 from relative_performer.models.config import ModelConfig
 
@@ -274,13 +274,13 @@ def clipped_relative_attention(scores: Tensor, v: Tensor, height: int, width: in
     dtype = torch.promote_types(scores.dtype, torch.float32)  # half -> float32; float64 stays
     scores = scores.to(dtype)
     with autocast_off(v.device):
-        v1 = torch.cat((v.to(dtype), v.new_ones(v.shape[:-1] + (1,), dtype=dtype)), dim=-1)  # (b, h, n, e + 1)
+        v1 = with_ones(v, dtype)  # (b, h, n, e + 1)
         e1 = v1.shape[-1]
         out = scores[..., -1:] * v1.sum(dim=-2, keepdim=True)  # every token at the far weight, class token included
         steps = (scores[:, :, 1:, :-1] - scores[:, :, 1:, 1:]).reshape(b * h, height, width, -1)  # s_c - s_{c+1}
         window = _WindowSums.apply(v1[:, :, 1:].reshape(b * h, n - 1, e1), steps, height, width)
         out = torch.cat((out[:, :, :1], out[:, :, 1:] + window.reshape(b, h, n - 1, e1)), dim=2)
-    return out[..., :-1] * out[..., -1:].clamp_min(torch.finfo(out.dtype).tiny).reciprocal()
+    return normalise(out)
 
 
 class ClippedRelativeAttention(SelfAttention):

@@ -149,6 +149,19 @@ KERNELS: dict[str, Callable[..., Tensor]] = {"softmax": softmax_features, "relu"
 KERNELS_UP_TO_SCALE: dict[str, Callable[..., Tensor]] = {"softmax": softmax_features_up_to_scale, "relu": relu_features}
 
 
+def with_ones(v: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """``[v, 1]`` (..., e + 1) in ``dtype``: the column of ones carries the normaliser through the sums."""
+    dtype = dtype or v.dtype
+    return torch.cat((v.to(dtype), v.new_ones(v.shape[:-1] + (1,), dtype=dtype)), dim=-1)
+
+
+def normalise(out: Tensor) -> Tensor:
+    """(..., e + 1) numerator and normaliser (the sums of ``[v, 1]``) -> (..., e)."""
+    numerator, denominator = out[..., :-1], out[..., -1:]
+    # multiply by the (..., n, 1) reciprocal: cheaper than dividing, forward and backward
+    return numerator * denominator.clamp_min(torch.finfo(denominator.dtype).tiny).reciprocal()
+
+
 def linear_attention(q_features: Tensor, k_features: Tensor, v: Tensor) -> Tensor:
     """Non-causal kernelized attention ``phi(Q) (phi(K)^T V) / phi(Q) (phi(K)^T 1)``.
 
@@ -160,14 +173,12 @@ def linear_attention(q_features: Tensor, k_features: Tensor, v: Tensor) -> Tenso
     """
     dtype = torch.promote_types(torch.promote_types(q_features.dtype, k_features.dtype), torch.float32)
     with autocast_off(q_features.device):
-        v1 = torch.cat((v.to(dtype), v.new_ones(v.shape[:-1] + (1,), dtype=dtype)), dim=-1)
+        v1 = with_ones(v, dtype)
         # context as (..., e + 1, m), used transposed: the gradients of both feature tensors then
         # come out of the matmuls contiguous (else autograd copies them before the projection's backward)
         context = v1.transpose(-1, -2) @ k_features.to(dtype)  # (..., e + 1, m)
         out = q_features.to(dtype) @ context.transpose(-1, -2)  # (..., n, e + 1)
-    numerator, denominator = out[..., :-1], out[..., -1:]
-    # multiply by the (..., n, 1) reciprocal: cheaper than dividing, forward and backward
-    return numerator * denominator.clamp_min(torch.finfo(denominator.dtype).tiny).reciprocal()
+    return normalise(out)
 
 
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:

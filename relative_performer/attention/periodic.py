@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from relative_performer.attention.favor import autocast_off
+from relative_performer.attention.favor import autocast_off, normalise, with_ones
 from relative_performer.models.blocks import AttentionContext, SelfAttention
 from relative_performer.models.config import ModelConfig
 from relative_performer.positional.constrained import rotate
@@ -195,7 +195,7 @@ class PeriodicRelativeAttention(SelfAttention):
         with autocast_off(q.device):
             q_features, k_features, v = q_features.to(dtype), k_features.to(dtype), v.to(dtype)
             b, h, _, m = k_features.shape
-            v1 = torch.cat((v, v.new_ones(v.shape[:-1] + (1,))), dim=-1)  # (b, h, n, e)
+            v1 = with_ones(v)  # (b, h, n, e)
             e = v1.shape[-1]
             p_count, q_count = psi_y.shape[1], psi_x.shape[1]
             keys = k_features[:, :, 1:].reshape(b, h, height, width, 1, m) * psi_x[:, :, None]  # (b, h, y, x, q, m)
@@ -215,21 +215,14 @@ class PeriodicRelativeAttention(SelfAttention):
             pixels_out = rearrange(torch.matmul(queries, per_column), "b h x y e -> b h (y x) e")
             class_context = (u[:, 0, 0, 0] * u[:, 0, 1, 0])[:, None] * context[:, :, 0, 0]  # (b, h, m e)
             class_out = (q_features[:, :, :1, :, None] * class_context.view(b, h, 1, m, e)).sum(-2)
-            return self.normalise(torch.cat((class_out, pixels_out), dim=2))
+            return normalise(torch.cat((class_out, pixels_out), dim=2))
 
     @staticmethod
     def key_values(k_features: Tensor, v: Tensor) -> Tensor:
         """(b, h, n, m), (b, h, n, d) -> (b, h, n, m, d + 1): ``phi(k_j) (x) [v_j, 1]``."""
-        v1 = torch.cat((v, v.new_ones(v.shape[:-1] + (1,))), dim=-1)
-        return k_features[..., :, None] * v1[..., None, :]
-
-    @classmethod
-    def read_out(cls, q_features: Tensor, y: Tensor) -> Tensor:
-        """q_features (b, h, n, m), y (b, h, n, m, d + 1) -> normalised output (b, h, n, d)."""
-        return cls.normalise((q_features[..., None] * y).sum(-2))  # m and e are too small for a fast matmul
+        return k_features[..., :, None] * with_ones(v)[..., None, :]
 
     @staticmethod
-    def normalise(out: Tensor) -> Tensor:
-        """(..., d + 1) numerator and normaliser -> (..., d)."""
-        numerator, denominator = out[..., :-1], out[..., -1:]
-        return numerator * denominator.clamp_min(torch.finfo(denominator.dtype).tiny).reciprocal()
+    def read_out(q_features: Tensor, y: Tensor) -> Tensor:
+        """q_features (b, h, n, m), y (b, h, n, m, d + 1) -> normalised output (b, h, n, d)."""
+        return normalise((q_features[..., None] * y).sum(-2))  # m and e are too small for a fast matmul

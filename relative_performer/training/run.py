@@ -219,7 +219,7 @@ def _check_model_takes(model, info, embedding_type: str, model_name: str) -> Non
         model.train(was_training)
 
 
-def _machine() -> dict:
+def machine_info() -> dict:
     """Where a session ran, for the run's record: torch, CPU, threads and the GPU torch sees (if any)."""
     import torch
 
@@ -428,7 +428,7 @@ def train(request: TrainRequest, callbacks: Sequence[Any] = ()) -> int:
         "val_size": training.val_size,
         "split_seed": training.split_seed,
     }
-    session = {"started": _now(), "command": request.command, "runtime": asdict(runtime), "machine": _machine()}
+    session = {"started": _now(), "command": request.command, "runtime": asdict(runtime), "machine": machine_info()}
     if child:
         pass
     elif resume:
