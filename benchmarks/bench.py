@@ -53,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from relative_performer.allocator import ENV as ALLOCATOR_ENV
+from relative_performer.allocator import keep_freed_memory
 from relative_performer.models import MODELS, create_model
 from relative_performer.models.blocks import SelfAttention
 from relative_performer.positional.sinusoid import LearnableSinusoidEncoding
@@ -277,7 +279,8 @@ def environment(device: torch.device, threads: int) -> dict:
     from relative_performer.training.run import machine_info
 
     info = dict(torch=torch.__version__, python=platform.python_version(), device=str(device), threads=threads,
-                cpu=machine_info()["cpu"], time=time.strftime("%Y-%m-%d %H:%M:%S"))
+                cpu=machine_info()["cpu"], malloc="keep" if keep_freed_memory() else "default",
+                time=time.strftime("%Y-%m-%d %H:%M:%S"))
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     try:
@@ -445,8 +448,15 @@ def main(argv: list[str] | None = None) -> None:
                         "with --quick, else all)")
     parser.add_argument("--no-memory", action="store_true", help="same as --memory none")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling sweep")
+    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                        help="keep: glibc keeps freed memory, as the relative-performer command does (default); "
+                        "default: glibc's own policy (fresh pages for every large tensor)")
     parser.add_argument("--_probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.malloc == "keep":
+        keep_freed_memory()
+    else:
+        os.environ[ALLOCATOR_ENV] = "default"  # the memory probes' subprocesses too
     if args._probe:
         return probe_main(args._probe)
 

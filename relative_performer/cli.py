@@ -21,6 +21,7 @@ from dataclasses import MISSING, fields
 from typing import Any, Callable, Sequence
 
 from relative_performer import __version__
+from relative_performer.allocator import keep_freed_memory
 from relative_performer.errors import UserError
 
 PROG = "relative-performer"
@@ -575,6 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    keep_freed_memory()  # large tensors stop costing page faults (glibc; see relative_performer.allocator)
     try:
         return _dispatch(argv)
     except SystemExit as exc:  # argparse (--help, usage errors)

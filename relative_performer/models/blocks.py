@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from relative_performer.attention.favor import FeatureMap, softmax_attention
 from relative_performer.models.config import ModelConfig
+from relative_performer.models.dropout import Dropout
 
 
 @dataclass
@@ -43,7 +44,7 @@ class SelfAttention(nn.Module):
         self.heads = cfg.heads
         self.to_qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
         self.to_out = nn.Linear(cfg.dim, cfg.dim)
-        self.dropout = nn.Dropout(cfg.attn_dropout)
+        self.dropout = Dropout(cfg.attn_dropout)
         self.qk_extension = qk_extension
         attn_dim = cfg.dim_head + (qk_extension.extra_dim if qk_extension is not None else 0)
         self.feature_map = (
@@ -75,7 +76,7 @@ class SelfAttention(nn.Module):
 
 class FeedForward(nn.Sequential):
     def __init__(self, dim: int, mult: int, dropout: float):
-        super().__init__(nn.Linear(dim, dim * mult), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim * mult, dim))
+        super().__init__(nn.Linear(dim, dim * mult), nn.GELU(), Dropout(dropout), nn.Linear(dim * mult, dim))
 
 
 class Block(nn.Module):
@@ -87,7 +88,7 @@ class Block(nn.Module):
         self.attn = attention
         self.ff_norm = nn.LayerNorm(cfg.dim)
         self.ff = FeedForward(cfg.dim, cfg.ff_mult, cfg.ff_dropout)
-        self.ff_dropout = nn.Dropout(cfg.ff_dropout)
+        self.ff_dropout = Dropout(cfg.ff_dropout)
 
     def forward(self, x: Tensor, ctx: AttentionContext) -> Tensor:
         x = x + self.attn(self.attn_norm(x), ctx)
