@@ -227,7 +227,8 @@ def test_test_shifted_and_plot(capsys, trained, tmp_path):
     assert len(y_rows) == 2 * 9 and set(y_rows["axis"]) == {"y"} and (y_rows["n_images"] == N_TEST).all()
     own, redrawn = y_rows[y_rows["feature_seed"].isna()], y_rows[y_rows["feature_seed"] == 3]
     assert len(own) == len(redrawn) == 9
-    assert not np.allclose(own["loss_mean"].to_numpy(), redrawn["loss_mean"].to_numpy())
+    # other features change the outputs (a barely trained model: the losses differ in the 5th digit)
+    assert not np.allclose(own["loss_mean"].to_numpy(), redrawn["loss_mean"].to_numpy(), rtol=0, atol=1e-9)
 
     png = tmp_path / "plots" / "shift.png"
     code, _, err = run_cli(capsys, "plot-shifted", out_csv, y_csv, "--output", png, "--title", "tiny")
