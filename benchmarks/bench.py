@@ -416,6 +416,9 @@ def targets(table: list[dict], scaling: list[dict]) -> list[tuple]:
         if r:
             add(f"{name} train vs Performer (fp32)", r, "train_vs_performer", *at_least(bound))
             add(f"{name} infer vs Performer (fp32)", r, "infer_vs_performer", *at_least(bound))
+    exact = by_key.get(("ExactRelativePerformer", "fp32"))  # the exact-equivariance issue's target
+    if exact:
+        add("ExactRelativePerformer train vs Performer (fp32)", exact, "train_vs_performer", *at_least(0.5))
     for r in table:
         if r["precision"] != "fp32" and r["row"] in MODELS:
             add(f"{r['row']} train {r['precision']} vs fp32", r, "train_speedup_vs_fp32", *at_least(1.6))
