@@ -16,8 +16,10 @@ Performer's, with fewer large intermediates, hardly changes.
 after the first steps, every allocation reuses pages the process already has. The
 cost is that the process holds on to its peak memory until it exits, which a
 training or evaluation run does anyway. The ``relative-performer`` command calls it
-at start (``RELATIVE_PERFORMER_MALLOC=default`` turns that off); call it yourself
-at the top of your own training scripts. Elsewhere (other C libraries, macOS,
+at start, and :func:`relative_performer.training.run.train` before training
+(``RELATIVE_PERFORMER_MALLOC=default`` turns both off); call it yourself at the top
+of your own training loops. Each run's ``config.json`` records the setting of every
+session (``sessions[i]["machine"]["malloc"]``). Elsewhere (other C libraries, macOS,
 Windows) it does nothing and returns False.
 """
 

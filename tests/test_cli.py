@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from relative_performer import cli
+from relative_performer.allocator import keep_freed_memory
 from relative_performer.checkpoint import RECORD_KEY
 from relative_performer.data import sources
 from relative_performer.models import MODELS
@@ -160,6 +161,7 @@ def test_run_folder_layout(trained):
     machine = config["sessions"][0]["machine"]  # where it trained, for the record
     assert machine["torch"] == torch.__version__ and machine["cpu_count"] >= 1 and machine["torch_threads"] >= 1
     assert machine["gpu"] == (torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+    assert machine["malloc"] == ("keep" if keep_freed_memory() else "default")
     results = json.loads((trained / "results.json").read_text())
     for key in ("best_val_acc", "best_val_loss", "test_acc", "test_loss", "parameters", "epochs", "train_seconds"):
         assert results[key] is not None, key

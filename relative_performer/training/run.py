@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from relative_performer import __version__
+from relative_performer.allocator import keep_freed_memory
 from relative_performer.errors import UserError
 from relative_performer.run_folder import BEST_NAME, RunFolder, next_version, version_name
 
@@ -236,7 +237,7 @@ def machine_info() -> dict:
     except Exception:  # a broken driver must not stop a CPU run
         pass
     return {"torch": torch.__version__, "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": gpu}
+            "gpu": gpu, "malloc": "keep" if keep_freed_memory() else "default"}
 
 
 def _restore_metrics(logger, rows: list[dict[str, str]], header: list[str]) -> None:
@@ -377,6 +378,7 @@ def train(request: TrainRequest, callbacks: Sequence[Any] = ()) -> int:
     from relative_performer.training.module import ClassifierModule
 
     _quiet_warnings()
+    keep_freed_memory()  # as the command line does, for callers of this function from Python too
     resume = request.run_dir is not None
     child = os.environ.get(RUN_ENV)
     if child:  # a further DDP process: everything comes from the first process's run folder
