@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from relative_performer.allocator import ENV as ALLOCATOR_ENV
-from relative_performer.allocator import keep_freed_memory
+from relative_performer.allocator import keep_freed_memory, malloc_policy
 from relative_performer.models import MODELS, create_model
 from relative_performer.models.blocks import SelfAttention
 from relative_performer.positional.sinusoid import LearnableSinusoidEncoding
@@ -279,7 +279,7 @@ def environment(device: torch.device, threads: int) -> dict:
     from relative_performer.training.run import machine_info
 
     info = dict(torch=torch.__version__, python=platform.python_version(), device=str(device), threads=threads,
-                cpu=machine_info()["cpu"], malloc="keep" if keep_freed_memory() else "default",
+                cpu=machine_info()["cpu"], malloc=malloc_policy(),
                 time=time.strftime("%Y-%m-%d %H:%M:%S"))
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -45,11 +45,16 @@ def keep_freed_memory() -> bool:
     if os.environ.get(ENV, "").strip().lower() == "default" or not sys.platform.startswith("linux"):
         return False
     try:
-        mallopt = ctypes.CDLL(None).mallopt
-        gnu_libc_version = ctypes.CDLL(None).gnu_get_libc_version  # glibc only (musl has a no-op mallopt)
-    except (OSError, AttributeError):
+        libc = ctypes.CDLL(None)
+    except OSError:
         return False
-    del gnu_libc_version
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _applied = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, _INT_MAX) == 1
+    if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):  # glibc only (musl's is a no-op)
+        return False
+    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _applied = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX) == 1
     return _applied
+
+
+def malloc_policy() -> str:
+    """``"keep"`` once :func:`keep_freed_memory` took effect in this process, else ``"default"`` (changes nothing)."""
+    return "keep" if _applied else "default"

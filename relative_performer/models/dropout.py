@@ -17,6 +17,8 @@ eval mode) :class:`Dropout` is ``F.dropout``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -34,9 +36,7 @@ def dropout_mask(shape: torch.Size | tuple[int, ...], p: float, *, device=None, 
     threshold = keep_threshold(p)
     if threshold >= LEVELS:
         return torch.zeros(shape, device=device, dtype=dtype)
-    count = 1
-    for size in shape:
-        count *= size
+    count = math.prod(shape)
     bits = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_()
     draws = bits.view(torch.int16)[:count].view(shape).bitwise_and_(LEVELS - 1)
     return (draws >= threshold).to(dtype).mul_(LEVELS / (LEVELS - threshold))

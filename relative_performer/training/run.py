@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from relative_performer import __version__
-from relative_performer.allocator import keep_freed_memory
+from relative_performer.allocator import keep_freed_memory, malloc_policy
 from relative_performer.errors import UserError
 from relative_performer.run_folder import BEST_NAME, RunFolder, next_version, version_name
 
@@ -237,7 +237,7 @@ def machine_info() -> dict:
     except Exception:  # a broken driver must not stop a CPU run
         pass
     return {"torch": torch.__version__, "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": gpu, "malloc": "keep" if keep_freed_memory() else "default"}
+            "gpu": gpu, "malloc": malloc_policy()}
 
 
 def _restore_metrics(logger, rows: list[dict[str, str]], header: list[str]) -> None:
