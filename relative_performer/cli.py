@@ -160,6 +160,11 @@ It keeps the run's model, data and training settings; trainer options (--max_epo
 --accelerator, --devices, --strategy, --precision, --num_workers, --limit_*, --data_dir, ...) may be
 given again to change them. An existing run folder is never overwritten.
 
+Start a new run from the best weights of another run (continued training with a fresh optimizer
+and schedule, or fine-tuning on another dataset with the same channels and classes) with
+    relative-performer train --init_from RUN_DIR [MODEL DATASET] [training options]
+The model and its options are RUN_DIR's; config.json records where the weights came from.
+
 Model-specific options are listed by `relative-performer train MODEL DATASET --help`."""
 
 
@@ -195,9 +200,10 @@ def _find_model(argv: Sequence[str]) -> tuple[str | None, str | None]:
     pre.add_argument("model", nargs="?")
     pre.add_argument("dataset", nargs="?")
     pre.add_argument("--resume")
+    pre.add_argument("--init_from")
     known, _ = pre.parse_known_args(argv)
     model = known.model if known.model in MODELS else next((w for w in argv if w in MODELS), None)
-    return model, known.resume
+    return model, known.resume or known.init_from
 
 
 def train_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
@@ -214,7 +220,8 @@ def train_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         model = RunFolder(Path(resume)).read_config().get("model")
     parser = Parser(
         prog=f"{PROG} train", description=TRAIN_DESCRIPTION, epilog=TRAIN_EPILOG,
-        usage=f"%(prog)s MODEL DATASET [options]\n       %(prog)s --resume RUN_DIR [trainer options]",
+        usage=f"%(prog)s MODEL DATASET [options]\n       %(prog)s --resume RUN_DIR [trainer options]"
+              f"\n       %(prog)s --init_from RUN_DIR [MODEL DATASET] [options]",
     )
     parser.add_argument("model", nargs="?", choices=list(MODELS), metavar="MODEL",
                         help=f"The model to train: {', '.join(MODELS)}")
@@ -228,6 +235,9 @@ def train_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
                      help="Version of experiment: a folder name, N means version_N (default: the next free version_N)")
     run.add_argument("--resume", metavar="RUN_DIR", default=None,
                      help="Continue the interrupted run in RUN_DIR from its checkpoints/last.ckpt")
+    run.add_argument("--init_from", metavar="RUN_DIR", default=None,
+                     help="Start a new run from RUN_DIR's best weights (its model and model options; "
+                          "fresh optimizer, schedule and step count)")
 
     t = lambda name: _default(TrainingConfig, name)  # noqa: E731
     r = lambda name: _default(RuntimeConfig, name)  # noqa: E731
@@ -291,13 +301,16 @@ def train_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     from relative_performer.models import ModelConfig
     from relative_performer.training.run import (
-        DATA_DERIVED, RuntimeConfig, TrainingConfig, TrainRequest, request_from_run, runtime_fields, train,
+        DATA_DERIVED, RuntimeConfig, TrainingConfig, TrainRequest, request_from_run, request_from_source,
+        runtime_fields, train,
     )
 
     command = " ".join([PROG, "train", *map(shlex.quote, argv)])
     runtime = {name: getattr(args, name) for name in runtime_fields()}
     training = {f.name: getattr(args, f.name) for f in fields(TrainingConfig)}
     model_fields = [f.name for f in fields(ModelConfig) if f.name not in DATA_DERIVED]
+    if args.resume and args.init_from:
+        raise UserError("--resume continues a run and --init_from starts a new one: give one of them")
     if args.resume:
         explicit = _explicit_options(parser, argv) - {"resume"}
         misplaced = sorted(explicit & {"log_path", "exp_name", "version"})
@@ -306,6 +319,14 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: S
         fixed = {n: getattr(args, n) for n in explicit if n in {"model", "dataset", *model_fields, *training}}
         given_runtime = {n: runtime[n] for n in explicit if n in runtime}
         request = request_from_run(args.resume, fixed, given_runtime, command)
+    elif args.init_from:
+        explicit = _explicit_options(parser, argv)
+        given = {n: getattr(args, n) for n in explicit if n in model_fields}
+        request = request_from_source(
+            args.init_from, args.model, args.dataset, given,
+            training=TrainingConfig(**training), runtime=RuntimeConfig(**runtime),
+            log_path=args.log_path, exp_name=args.exp_name, version=args.version, command=command,
+        )
     else:
         if args.model is None or args.dataset is None:
             parser.error("the following arguments are required: model, dataset (or --resume RUN_DIR)")

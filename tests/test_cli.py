@@ -107,7 +107,8 @@ def test_train_help_lists_exactly_the_models_own_options(capsys, model):
     assert code == 0
     for option in ("--learning_rate", "--warmup", "--schedule", "--dim", "--depth", "--heads", "--attn_dropout",
                    "--ff_dropout", "--feature_redraw_interval", "--no_projection", "--nb_features", "--kernel",
-                   "--log_path", "--exp_name", "--version", "--batch_size", "--embedding_type", "--resume"):
+                   "--log_path", "--exp_name", "--version", "--batch_size", "--embedding_type", "--resume",
+                   "--init_from"):
         assert option in out, option
     own = set(MODELS[model].options)
     every = {name for spec in MODELS.values() for name in spec.options}
@@ -386,6 +387,68 @@ def test_interrupted_run_resumes_where_it_stopped(capsys, monkeypatch, data_dir,
     code, out, err = run_cli(capsys, "train", "--resume", run, "--max_epochs", "4", "--no_progress_bar")
     assert code == 0, err
     assert json.loads((run / "results.json").read_text())["epochs"] == 4
+
+
+class WeightsAtStart(L.Callback):
+    """Keeps a copy of the model's state when training starts."""
+
+    def __init__(self):
+        self.state = None
+
+    def on_train_start(self, trainer, pl_module):
+        self.state = {k: v.clone() if torch.is_tensor(v) else v for k, v in pl_module.model.state_dict().items()}
+
+
+def test_init_from_starts_a_new_run_from_the_best_weights(capsys, monkeypatch, data_dir, trained, tmp_path):
+    source = copy_run(trained, tmp_path / "source")
+    best = torch.load(source / "checkpoints" / "best.ckpt", weights_only=True)
+    expected = {k[len("model."):]: v for k, v in best["state_dict"].items() if k.startswith("model.")}
+    start = WeightsAtStart()
+    monkeypatch.setattr(run_module, "train", functools.partial(run_module.train, callbacks=[start]))
+    code, out, err = run_cli(capsys, "train", "--init_from", source, *TINY, "--data_dir", data_dir,
+                             "--log_path", tmp_path, "--exp_name", "ft", "--max_steps", "4", "--learning_rate", "1e-4",
+                             "--seed", "7", "--limit_val_batches", "1", "--limit_test_batches", "1")
+    assert code == 0, err
+    monkeypatch.undo()
+    assert set(start.state) == set(expected)
+    for key, value in expected.items():  # every weight, random feature and redraw counter
+        if torch.is_tensor(value):
+            assert torch.equal(start.state[key], value), key
+        else:
+            assert start.state[key] == value, key
+    run = tmp_path / "ft" / "version_0"
+    config = json.loads((run / "config.json").read_text())
+    source_config = json.loads((source / "config.json").read_text())
+    assert config["model"] == "RelativePerformer" and config["dataset"] == "MNIST"
+    assert config["model_config"] == source_config["model_config"]  # the source's model, not TINY's defaults
+    assert config["seed"] == 7 and config["training"]["learning_rate"] == 1e-4
+    record = config["init_from"]
+    assert record["run_dir"] == str(source) and record["checkpoint"] == "checkpoints/best.ckpt"
+    assert record["global_step"] == best["global_step"] and record["seed"] == source_config["seed"]
+    assert record["commands"] == [s["command"] for s in source_config["sessions"]]
+    assert json.loads((run / "results.json").read_text())["global_step"] == 4  # a fresh step count
+    # the new run resumes like any other, and keeps its record
+    code, _, err = run_cli(capsys, "train", "--resume", run, "--max_steps", "6", "--no_progress_bar")
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["init_from"] == record
+
+
+def test_init_from_errors(capsys, data_dir, trained, tmp_path):
+    base = ["--data_dir", data_dir, "--log_path", tmp_path, "--max_steps", "1"]
+    code, _, err = run_cli(capsys, "train", "--init_from", trained, "--resume", trained, *base)
+    assert_one_line_error(code, err, "give one of them")
+    code, _, err = run_cli(capsys, "train", "--init_from", trained, "NoposPerformer", "MNIST", *base)
+    assert_one_line_error(code, err, "holds a RelativePerformer", "leave MODEL out")
+    code, _, err = run_cli(capsys, "train", "--init_from", trained, "--dim", "32", *base)
+    assert_one_line_error(code, err, "--dim 32 differs", "keeps its model options")
+    code, _, err = run_cli(capsys, "train", "--init_from", tmp_path / "nowhere", *base)
+    assert_one_line_error(code, err, "does not exist")
+    empty = copy_run(trained, tmp_path / "empty")
+    for ckpt in (empty / "checkpoints").iterdir():
+        ckpt.unlink()
+    code, _, err = run_cli(capsys, "train", "--init_from", empty, *base)
+    assert_one_line_error(code, err, "has no checkpoint")
+    assert not (tmp_path / "default").exists()  # no run folder was made for any of them
 
 
 # ==========================================================================

@@ -12,6 +12,13 @@ restores weights, optimizer, schedule, loop counters, early stopping and the
 best-checkpoint state from ``last.ckpt`` (loaded with ``weights_only=True``);
 the feature-redraw counters are part of the model's state_dict.
 
+Initialise from another run (``--init_from RUN_DIR``): a new run whose model
+and model options are those of RUN_DIR and whose weights (random features and
+redraw counters included) start as RUN_DIR's ``best.ckpt``; optimizer, schedule,
+step count, seed and data are the new run's own (continued training with a fresh
+optimizer, or fine-tuning on another dataset with the same channels and classes).
+``config.json`` records where the weights came from under ``init_from``.
+
 Multi-process training (``--strategy ddp``): Lightning starts the other
 processes by running the same command line again. They find the run folder in
 the environment variable :data:`RUN_ENV` set by the first process and read
@@ -95,6 +102,7 @@ class TrainRequest:
     version: str | None = None
     command: str = ""
     run_dir: str | None = None  # set: resume this existing run
+    init_from: str | None = None  # set: a new run starting from this finished run's best weights
 
 
 def training_fields() -> tuple[str, ...]:
@@ -130,6 +138,7 @@ def request_from_config(config: dict[str, Any], run: RunFolder) -> TrainRequest:
             runtime=RuntimeConfig(**config["runtime"]),
             command=config.get("command", ""),
             run_dir=str(run.path),
+            init_from=(config.get("init_from") or {}).get("run_dir"),
         )
     except (KeyError, TypeError) as exc:
         raise UserError(f"{run.config_path} is not a config.json of this relative-performer ({exc})") from None
@@ -170,6 +179,71 @@ def request_from_run(
     request.runtime = RuntimeConfig(**{**asdict(request.runtime), **runtime_given})
     request.command = command
     return request
+
+
+def request_from_source(
+    source_dir: str | os.PathLike,
+    model: str | None,
+    dataset: str | None,
+    model_options_given: dict[str, Any],
+    **request: Any,
+) -> TrainRequest:
+    """The request of a new run initialised from ``source_dir``'s best checkpoint.
+
+    ``model``, ``dataset``: as given (None: the source's); a model other than the
+    source's is an error. ``model_options_given``: options the user gave; each must
+    equal the source's. ``request``: the remaining :class:`TrainRequest` fields.
+    """
+    source = RunFolder(Path(source_dir))
+    config = request_from_config(source.read_config(), source)
+    if model is not None and model != config.model:
+        raise UserError(f"--init_from {source.path} holds a {config.model}, not a {model}: leave MODEL out or name {config.model}")
+    for name, value in model_options_given.items():
+        stored = config.model_options.get(name)
+        if stored != value:
+            raise UserError(
+                f"--{name} {value} differs from {source.path}'s {stored}: a run initialised from another run keeps "
+                "its model options"
+            )
+    source.best_checkpoint()  # fails early, with the folder's name, when there is none
+    return TrainRequest(
+        model=config.model, dataset=dataset or config.dataset, model_options=dict(config.model_options),
+        init_from=str(source.path), **request,
+    )
+
+
+def _initial_weights(model, source_dir: str, model_name: str) -> dict[str, Any]:
+    """Load ``source_dir``'s best weights into ``model``; returns the record for config.json."""
+    from relative_performer.checkpoint import STATE_PREFIX, load_checkpoint, read_record
+
+    source = RunFolder(Path(source_dir))
+    path = source.best_checkpoint()
+    checkpoint = load_checkpoint(path)
+    record = read_record(checkpoint, path)
+    if record["model"] != model_name:
+        raise UserError(f"{path} holds a {record['model']} model, but its run is of {model_name}: the run folder is inconsistent")
+    state = {k[len(STATE_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(STATE_PREFIX)}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = " ".join(str(exc).split())[:300]
+        raise UserError(
+            f"the weights in {path} do not fit this run's model ({first}): initialising from another run needs the "
+            "same image channels and number of classes"
+        ) from None
+    config = source.read_config()
+    results = source.read_results() or {}
+    return {
+        "run_dir": str(source.path),
+        "checkpoint": str(path.relative_to(source.path)),
+        "model": record["model"],
+        "dataset": record.get("dataset"),
+        "global_step": int(checkpoint.get("global_step", 0)),
+        "test_acc": results.get("test_acc"),
+        "seed": config.get("seed"),
+        "commands": [s.get("command") for s in config.get("sessions", [])] or [config.get("command")],
+        "init_from": config.get("init_from"),  # the chain, when the source was itself initialised from a run
+    }
 
 
 # ==========================================================================
@@ -418,6 +492,9 @@ def train(request: TrainRequest, callbacks: Sequence[Any] = ()) -> int:
         {**request.model_options, "model": request.model, "in_channels": info.channels, "num_classes": info.num_classes}
     )
     model = create_model(config)
+    initial = None
+    if request.init_from and not resume:  # DDP's further processes load them too (DDP would also broadcast them)
+        initial = _initial_weights(model, request.init_from, request.model)
     _check_model_takes(model, info, config.embedding_type, request.model)
     parameters = count_parameters(model)
     limits = _trainer_limits(runtime)
@@ -457,11 +534,12 @@ def train(request: TrainRequest, callbacks: Sequence[Any] = ()) -> int:
             "command": request.command,
             "created": session["started"],
             "sessions": [session],
+            **({"init_from": initial} if initial else {}),
         })
 
     _rank_zero_print(
         f"{'Resuming' if resume else 'Training'} {request.model} on {info.name}: {parameters:,} parameters, "
-        f"seed {seed}, run folder {run.path}"
+        f"seed {seed}, run folder {run.path}" + (f", initial weights from {initial['run_dir']}" if initial else "")
     )
     record = make_record(request.model, config, info.name, data_settings, asdict(training))
     module = ClassifierModule(
