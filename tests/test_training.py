@@ -73,6 +73,14 @@ def test_next_version_is_one_above_the_highest(tmp_path):
     assert next_version(tmp_path) == "version_5"
 
 
+def test_run_files_are_written_with_the_umask_not_0600(tmp_path):
+    from relative_performer.run_folder import write_json
+
+    write_json(tmp_path / "config.json", {"a": 1})
+    (tmp_path / "plain").write_text("{}")
+    assert (tmp_path / "config.json").stat().st_mode == (tmp_path / "plain").stat().st_mode
+
+
 def test_find_runs_needs_config_and_checkpoints(tmp_path):
     for name, config, ckpts in (("a/version_0", True, True), ("a/version_1", True, False), ("b/x/run", True, True), ("c", False, True)):
         folder = tmp_path / name
