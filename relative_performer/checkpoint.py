@@ -84,8 +84,10 @@ def read_record(checkpoint: dict[str, Any], path: str | os.PathLike) -> dict[str
     return record
 
 
-def model_from_checkpoint(path: str | os.PathLike, expect_model: str | None = None, map_location: str | torch.device = "cpu"):
-    """Rebuild the model of a checkpoint: ``(model in eval mode, record, checkpoint)``.
+def checked_checkpoint(
+    path: str | os.PathLike, expect_model: str | None = None, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(checkpoint, record)`` of a checkpoint file, its record checked.
 
     ``expect_model``: the model name the caller expects (e.g. from the run's
     config.json); another name raises UserError.
@@ -94,16 +96,34 @@ def model_from_checkpoint(path: str | os.PathLike, expect_model: str | None = No
     record = read_record(checkpoint, path)
     if expect_model is not None and record["model"] != expect_model:
         raise UserError(f"{path} holds a {record['model']} model, but its run is of {expect_model}: the run folder is inconsistent")
-    model = create_model(ModelConfig.from_dict(record["config"]))
+    return checkpoint, record
+
+
+def load_model_weights(model, checkpoint: dict[str, Any], path: str | os.PathLike, what: str, hint: str) -> None:
+    """Load the checkpoint's model weights into ``model``; weights that do not fit raise UserError.
+
+    ``what`` names the model in the message ("a RelativePerformer built from its config"),
+    ``hint`` says what to do.
+    """
     state = {k[len(STATE_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(STATE_PREFIX)}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         missing = sorted(set(model.state_dict()) ^ set(state))[:3]
-        raise UserError(
-            f"the weights in {path} do not fit a {record['model']} built from its config ({first}; e.g. {missing}): "
-            "the checkpoint is damaged or was written by an incompatible version"
-        ) from None
+        raise UserError(f"the weights in {path} do not fit {what} ({first}; e.g. {missing}): {hint}") from None
+
+
+def model_from_checkpoint(path: str | os.PathLike, expect_model: str | None = None, map_location: str | torch.device = "cpu"):
+    """Rebuild the model of a checkpoint: ``(model in eval mode, record, checkpoint)``.
+
+    ``expect_model``: as in :func:`checked_checkpoint`.
+    """
+    checkpoint, record = checked_checkpoint(path, expect_model, map_location)
+    model = create_model(ModelConfig.from_dict(record["config"]))
+    load_model_weights(
+        model, checkpoint, path, f"a {record['model']} built from its config",
+        "the checkpoint is damaged or was written by an incompatible version",
+    )
     model.eval()
     return model, record, checkpoint

@@ -214,23 +214,15 @@ def request_from_source(
 
 def _initial_weights(model, source_dir: str, model_name: str) -> dict[str, Any]:
     """Load ``source_dir``'s best weights into ``model``; returns the record for config.json."""
-    from relative_performer.checkpoint import STATE_PREFIX, load_checkpoint, read_record
+    from relative_performer.checkpoint import checked_checkpoint, load_model_weights
 
     source = RunFolder(Path(source_dir))
     path = source.best_checkpoint()
-    checkpoint = load_checkpoint(path)
-    record = read_record(checkpoint, path)
-    if record["model"] != model_name:
-        raise UserError(f"{path} holds a {record['model']} model, but its run is of {model_name}: the run folder is inconsistent")
-    state = {k[len(STATE_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(STATE_PREFIX)}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = " ".join(str(exc).split())[:300]
-        raise UserError(
-            f"the weights in {path} do not fit this run's model ({first}): initialising from another run needs the "
-            "same image channels and number of classes"
-        ) from None
+    checkpoint, record = checked_checkpoint(path, expect_model=model_name)
+    load_model_weights(
+        model, checkpoint, path, "this run's model",
+        "initialising from another run needs the same image channels and number of classes",
+    )
     config = source.read_config()
     results = source.read_results() or {}
     return {
