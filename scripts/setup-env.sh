@@ -25,7 +25,14 @@ if [ ! -f "$deps_stamp" ]; then
   rm -f "$venv"/.deps-* "$venv"/.pkg-*
   touch "$deps_stamp" "$pkg_stamp"
 fi
-if [ ! -f "$pkg_stamp" ]; then
+# The editable install points at one checkout: reinstall when it points elsewhere (another
+# clone sharing this environment, or a deleted one), whatever stamps are left.
+installed_from() {
+  "$venv/bin/python" -I -c 'import importlib.util as u; s = u.find_spec("relative_performer"); print(s.origin if s and s.origin else "")' 2>/dev/null || true
+}
+if [ ! -f "$pkg_stamp" ] || [ "$(installed_from)" != "$here/relative_performer/__init__.py" ]; then
+  echo ">> installing this checkout ($here) into $venv"
   "$venv/bin/python" -m pip install --quiet --no-deps -e "$here"
+  rm -f "$venv"/.pkg-*
   touch "$pkg_stamp"
 fi
