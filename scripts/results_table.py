@@ -48,6 +48,17 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
+def _earlier_runs(run_dir: Path) -> list[int]:
+    """The steps of the runs a run was initialised from (``train --init_from``), newest first; [] if none."""
+    config_path = run_dir / "config.json"
+    source = json.loads(config_path.read_text()).get("init_from") if config_path.is_file() else None
+    steps = []
+    while source:
+        steps.append(int(source.get("global_step") or 0))
+        source = source.get("init_from")
+    return steps
+
+
 def _images(rows: pd.DataFrame) -> str:
     """The number of images behind a run's shift curve (the same at every shift)."""
     return str(int(rows["n_images"].iloc[0])) if "n_images" in rows and not rows["n_images"].isna().all() else "–"
@@ -65,8 +76,14 @@ def accuracy_table(test: pd.DataFrame) -> str:
         for dataset in datasets:
             if dataset not in rows.index:
                 continue
-            results = json.loads((Path(rows.loc[dataset, "run_dir"]) / "results.json").read_text())
-            budgets.append(f"{dataset}: {results['global_step']} steps, {_duration(results['train_seconds'])}")
+            run_dir = Path(rows.loc[dataset, "run_dir"])
+            results = json.loads((run_dir / "results.json").read_text())
+            budget = f"{dataset}: {results['global_step']} steps, {_duration(results['train_seconds'])}"
+            earlier = _earlier_runs(run_dir)
+            if earlier:
+                runs = "an earlier run" if len(earlier) == 1 else f"{len(earlier)} earlier runs"
+                budget += f", from the weights of {runs} (`--init_from`, {sum(earlier)} steps)"
+            budgets.append(budget)
         lines.append("| " + " | ".join([f"`{model}`", *ours, *paper, f"{int(rows['parameters'].iloc[0]):,}", "; ".join(budgets)]) + " |")
     return "\n".join(lines)
 
