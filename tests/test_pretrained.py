@@ -50,8 +50,16 @@ def test_run_is_complete_and_made_by_the_train_command(run: Path):
     assert (run / "checkpoints" / "best.ckpt").stat().st_size <= MAX_CHECKPOINT_MB * 2**20
     config = json.loads((run / "config.json").read_text())
     argv = shlex.split(config["command"])
-    assert argv[:4] == ["relative-performer", "train", config["model"], config["dataset"]]
     assert "--seed" in argv and int(argv[argv.index("--seed") + 1]) == config["seed"]
+    # a run continued with `train --init_from` records its sources, back to one trained from scratch
+    source = config.get("init_from")
+    while source:
+        assert argv[:3] == ["relative-performer", "train", "--init_from"]
+        assert (source["model"], source["dataset"]) == (config["model"], config["dataset"])
+        assert source["global_step"] > 0 and source["seed"] is not None
+        argv = shlex.split(source["commands"][0])
+        source = source["init_from"]
+    assert argv[:4] == ["relative-performer", "train", config["model"], config["dataset"]]
     assert (run.parent.name, run.name) == (config["dataset"], config["model"])
     assert shlex.split(config["export_command"])[:2] == ["relative-performer", "export"]
     results = json.loads((run / "results.json").read_text())
