@@ -37,7 +37,7 @@ MODEL_HELP = {
     "ff_mult": "Feed-forward width as a multiple of dim",
     "attn_dropout": "Dropout on the attention output",
     "ff_dropout": "Dropout in the feed-forward block",
-    "feature_redraw_interval": "Redraw the random features every this many training steps",
+    "feature_redraw_interval": "Redraw the random features every this many training steps (0: never)",
     "no_projection": "Exact softmax attention instead of random features (quadratic; the reference)",
     "nb_features": "Random features per attention head (default: int(d ln d), d the attention head dim)",
     "kernel": "Attention kernel of the random features",
@@ -163,7 +163,8 @@ given again to change them. An existing run folder is never overwritten.
 Start a new run from the best weights of another run (continued training with a fresh optimizer
 and schedule, or fine-tuning on another dataset with the same channels and classes) with
     relative-performer train --init_from RUN_DIR [MODEL DATASET] [training options]
-The model and its options are RUN_DIR's; config.json records where the weights came from.
+The model and its options are RUN_DIR's, except those that change no weight (--feature_redraw_interval,
+--attn_dropout, --ff_dropout), which may be given anew; config.json records where the weights came from.
 
 Model-specific options are listed by `relative-performer train MODEL DATASET --help`."""
 
@@ -236,8 +237,8 @@ def train_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR", default=None,
                      help="Continue the interrupted run in RUN_DIR from its checkpoints/last.ckpt")
     run.add_argument("--init_from", metavar="RUN_DIR", default=None,
-                     help="Start a new run from RUN_DIR's best weights (its model and model options; "
-                          "fresh optimizer, schedule and step count)")
+                     help="Start a new run from RUN_DIR's best weights (its model and model options, but for "
+                          "--feature_redraw_interval and the dropouts; fresh optimizer, schedule and step count)")
 
     t = lambda name: _default(TrainingConfig, name)  # noqa: E731
     r = lambda name: _default(RuntimeConfig, name)  # noqa: E731

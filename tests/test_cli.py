@@ -433,6 +433,31 @@ def test_init_from_starts_a_new_run_from_the_best_weights(capsys, monkeypatch, d
     assert json.loads((run / "config.json").read_text())["init_from"] == record
 
 
+def test_init_from_may_set_the_options_that_change_no_weight(capsys, data_dir, trained, tmp_path):
+    # fine-tuning on fixed features, with other dropouts: the source's weights and features, the new options
+    source_config = json.loads((Path(trained) / "config.json").read_text())["model_config"]
+    assert source_config["feature_redraw_interval"] != 0 and source_config["attn_dropout"] != 0.25
+    code, _, err = run_cli(capsys, "train", "--init_from", trained, "--feature_redraw_interval", "0",
+                           "--attn_dropout", "0.25", "--ff_dropout", "0", *TINY, "--data_dir", data_dir, "--log_path", tmp_path,
+                           "--exp_name", "fixed", "--max_steps", "3", "--limit_val_batches", "1",
+                           "--limit_test_batches", "1", "--no_progress_bar")
+    assert code == 0, err
+    run = tmp_path / "fixed" / "version_0"
+    config = json.loads((run / "config.json").read_text())["model_config"]
+    assert (config["feature_redraw_interval"], config["attn_dropout"], config["ff_dropout"]) == (0, 0.25, 0)
+    assert {k: v for k, v in config.items() if k not in ("feature_redraw_interval", "attn_dropout", "ff_dropout")} \
+        == {k: v for k, v in source_config.items() if k not in ("feature_redraw_interval", "attn_dropout", "ff_dropout")}
+    source = torch.load(Path(trained) / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    after = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    projections = [k for k in source if k.endswith("feature_map.projection")]
+    assert projections
+    for key in projections:  # never redrawn in the new run
+        assert torch.equal(after[key], source[key]), key
+        state = key.replace("projection", "_extra_state")
+        assert after[state]["redraws"] == source[state]["redraws"]
+        assert after[state]["steps"] == source[state]["steps"] + 3
+
+
 def test_init_from_errors(capsys, data_dir, trained, tmp_path):
     base = ["--data_dir", data_dir, "--log_path", tmp_path, "--max_steps", "1"]
     code, _, err = run_cli(capsys, "train", "--init_from", trained, "--resume", trained, *base)
@@ -440,7 +465,7 @@ def test_init_from_errors(capsys, data_dir, trained, tmp_path):
     code, _, err = run_cli(capsys, "train", "--init_from", trained, "NoposPerformer", "MNIST", *base)
     assert_one_line_error(code, err, "holds a RelativePerformer", "leave MODEL out")
     code, _, err = run_cli(capsys, "train", "--init_from", trained, "--dim", "32", *base)
-    assert_one_line_error(code, err, "--dim 32 differs", "keeps its model options")
+    assert_one_line_error(code, err, "--dim 32 differs", "keeps its model options", "--feature_redraw_interval")
     code, _, err = run_cli(capsys, "train", "--init_from", tmp_path / "nowhere", *base)
     assert_one_line_error(code, err, "does not exist")
     empty = copy_run(trained, tmp_path / "empty")

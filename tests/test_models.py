@@ -233,6 +233,20 @@ def test_feature_redraw_schedule(name):
     assert all((fm.steps, fm.redraws) == (7, 2) for fm in maps), "steps counted in eval mode"
 
 
+def test_feature_redraw_interval_zero_never_redraws():
+    torch.manual_seed(9)
+    model = small("Performer", feature_redraw_interval=0).train()
+    maps = model.feature_maps()
+    before = [fm.projection.clone() for fm in maps]
+    x = images()
+    for _ in range(5):
+        model(x)
+    assert all(torch.equal(fm.projection, p) for fm, p in zip(maps, before)), "features redrawn with interval 0"
+    assert all((fm.steps, fm.redraws) == (5, 0) for fm in maps)
+    with pytest.raises(UserError, match="feature_redraw_interval must be >= 0"):
+        small("Performer", feature_redraw_interval=-1)
+
+
 def test_clipped_relative_heads_use_the_redrawn_features():
     """After redraws, the relative heads' weights come from the module's current projection."""
     torch.manual_seed(10)

@@ -229,9 +229,9 @@ class FeatureMap(nn.Module):
         self.projection.copy_(self._draw(self.redraws))
 
     def step(self) -> None:
-        """Count one training step; redraw when the interval is reached."""
+        """Count one training step; redraw when the interval is reached (never for an interval of 0)."""
         self.steps += 1
-        if self.steps % self.redraw_interval == 0:
+        if self.redraw_interval and self.steps % self.redraw_interval == 0:
             self.redraw()
 
     def get_extra_state(self) -> dict:

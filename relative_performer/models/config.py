@@ -51,9 +51,11 @@ class ModelConfig:
             raise UserError(f"unknown kernel {self.kernel!r}; choose one of {', '.join(KERNELS)}")
         if self.dim % self.heads:
             raise UserError(f"--dim {self.dim} is not divisible by --heads {self.heads}; pick a dim that is a multiple of heads")
-        for name in ("dim", "depth", "heads", "in_channels", "num_classes", "pos_scales", "feature_redraw_interval"):
+        for name in ("dim", "depth", "heads", "in_channels", "num_classes", "pos_scales"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1 (got {getattr(self, name)})")
+        if self.feature_redraw_interval < 0:
+            raise UserError(f"--feature_redraw_interval must be >= 0, 0 for never (got {self.feature_redraw_interval})")
         if self.clipping_dist < 1:
             raise UserError(f"--clipping_dist must be at least 1 (got {self.clipping_dist})")
 

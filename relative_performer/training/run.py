@@ -13,7 +13,8 @@ best-checkpoint state from ``last.ckpt`` (loaded with ``weights_only=True``);
 the feature-redraw counters are part of the model's state_dict.
 
 Initialise from another run (``--init_from RUN_DIR``): a new run whose model
-and model options are those of RUN_DIR and whose weights (random features and
+and model options are those of RUN_DIR (but for :data:`TUNABLE_ON_INIT`, which
+change no weight and may be given anew) and whose weights (random features and
 redraw counters included) start as RUN_DIR's ``best.ckpt``; optimizer, schedule,
 step count, seed and data are the new run's own (continued training with a fresh
 optimizer, or fine-tuning on another dataset with the same channels and classes).
@@ -181,6 +182,11 @@ def request_from_run(
     return request
 
 
+# Model options that change no weight: a run initialised from another run may set them anew
+# (e.g. --feature_redraw_interval 0 to fine-tune on the features it will be evaluated with).
+TUNABLE_ON_INIT = ("feature_redraw_interval", "attn_dropout", "ff_dropout")
+
+
 def request_from_source(
     source_dir: str | os.PathLike,
     model: str | None,
@@ -192,22 +198,26 @@ def request_from_source(
 
     ``model``, ``dataset``: as given (None: the source's); a model other than the
     source's is an error. ``model_options_given``: options the user gave; each must
-    equal the source's. ``request``: the remaining :class:`TrainRequest` fields.
+    equal the source's, except those of :data:`TUNABLE_ON_INIT`, which replace it. ``request``: the remaining :class:`TrainRequest` fields.
     """
     source = RunFolder(Path(source_dir))
     config = request_from_config(source.read_config(), source)
     if model is not None and model != config.model:
         raise UserError(f"--init_from {source.path} holds a {config.model}, not a {model}: leave MODEL out or name {config.model}")
+    options = dict(config.model_options)
     for name, value in model_options_given.items():
+        if name in TUNABLE_ON_INIT:
+            options[name] = value
+            continue
         stored = config.model_options.get(name)
         if stored != value:
             raise UserError(
                 f"--{name} {value} differs from {source.path}'s {stored}: a run initialised from another run keeps "
-                "its model options"
+                f"its model options (only {', '.join('--' + n for n in TUNABLE_ON_INIT)} may change)"
             )
     source.best_checkpoint()  # fails early, with the folder's name, when there is none
     return TrainRequest(
-        model=config.model, dataset=dataset or config.dataset, model_options=dict(config.model_options),
+        model=config.model, dataset=dataset or config.dataset, model_options=options,
         init_from=str(source.path), **request,
     )
 
