@@ -198,7 +198,8 @@ def request_from_source(
 
     ``model``, ``dataset``: as given (None: the source's); a model other than the
     source's is an error. ``model_options_given``: options the user gave; each must
-    equal the source's, except those of :data:`TUNABLE_ON_INIT`, which replace it. ``request``: the remaining :class:`TrainRequest` fields.
+    equal the source's, except those of :data:`TUNABLE_ON_INIT`, which replace it.
+    ``request``: the remaining :class:`TrainRequest` fields.
     """
     source = RunFolder(Path(source_dir))
     config = request_from_config(source.read_config(), source)
