@@ -258,6 +258,9 @@ def train_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     optim.add_argument("--schedule", choices=SCHEDULES, default=t("schedule"),
                        help="constant: lr after warm-up; noam: warm-up to lr, then lr*sqrt(warmup/step)")
     optim.add_argument("--gradient_clip_val", type=float, default=t("gradient_clip_val"), help="Gradient norm clipping")
+    optim.add_argument("--ema_decay", type=float, default=t("ema_decay"),
+                       help="Validate, keep and test an exponential moving average of the weights with this decay "
+                            "per step, such as 0.999 (0: off, the trained weights)")
     optim.add_argument("--patience", type=int, default=t("patience"),
                        help="Early stopping: validations without a better val/acc")
     optim.add_argument("--seed", type=int, default=None, help="Random seed (default: drawn at random, printed and saved)")

@@ -29,6 +29,7 @@ from relative_performer.checkpoint import RECORD_KEY
 from relative_performer.data import sources
 from relative_performer.models import MODELS
 from relative_performer.training import run as run_module
+from relative_performer.training.callbacks import EMA_KEY
 
 from conftest import centred_digits
 
@@ -632,3 +633,124 @@ def test_max_time_stops_training_and_the_run_is_tested(capsys, data_dir, tmp_pat
     results = json.loads((tmp_path / "default" / "version_0" / "results.json").read_text())
     assert results["stopped_by"] == "max_time", results
     assert results["test_acc"] is not None
+
+
+# ==========================================================================
+# --ema_decay: an exponential moving average of the weights
+# ==========================================================================
+
+
+class WeightTrace(L.Callback):
+    """The trainable weights (by state_dict name, float64) at train start, after every optimizer step, and
+    what the model holds when each validation starts (after WeightEMA, which comes first, has swapped)."""
+
+    def __init__(self):
+        self.start, self.steps, self.validated = None, {}, {}
+
+    @staticmethod
+    def _weights(pl_module):
+        return {n: p.detach().double().clone() for n, p in pl_module.named_parameters()}
+
+    def on_train_start(self, trainer, pl_module):
+        self.start = self._weights(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        self.steps[trainer.global_step] = self._weights(pl_module)
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.validated[trainer.global_step] = self._weights(pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        self.buffers = {n: b.clone() for n, b in pl_module.named_buffers()}
+
+
+def ema_reference(start, steps, decay, first_update=1, last_step=None):
+    """The average after each step, by the formula of WeightEMA's docstring, in float64."""
+    average = {n: w.clone() for n, w in start.items()}
+    out = {}
+    for n_step in sorted(s for s in steps if last_step is None or s <= last_step):
+        update = n_step - first_update + 1
+        d = min(decay, (1 + update) / (10 + update))
+        average = {n: a + (1 - d) * (steps[n_step][n] - a) for n, a in average.items()}
+        out[n_step] = average
+    return out
+
+
+def assert_weights_close(actual, expected, what):
+    assert set(actual) == set(expected), what
+    for name in expected:
+        torch.testing.assert_close(actual[name].double(), expected[name], rtol=0, atol=1e-6, msg=f"{what}: {name}")
+
+
+def test_ema_is_validated_kept_and_tested(capsys, monkeypatch, data_dir, tmp_path):
+    decay, k = 0.8, 5
+    trace = WeightTrace()
+    monkeypatch.setattr(run_module, "train", functools.partial(run_module.train, callbacks=[trace]))
+    code, _, err = run_cli(capsys, *train_args(data_dir, tmp_path, "Performer", "--ema_decay", str(decay),
+                                               "--max_steps", str(3 * k), "--val_check_interval", str(k),
+                                               "--learning_rate", "3e-3", "--attn_dropout", "0", "--ff_dropout", "0",
+                                               "--feature_redraw_interval", "4"))
+    assert code == 0, err
+    monkeypatch.undo()
+    run = tmp_path / "default" / "version_0"
+    reference = ema_reference(trace.start, trace.steps, decay)
+    assert set(trace.validated) == {k, 2 * k, 3 * k}  # 3 k: the end of the first epoch
+    for step in trace.validated:  # validation sees the average, training goes on with the trained weights
+        assert_weights_close(trace.validated[step], reference[step], f"validated at step {step}")
+        assert not torch.allclose(trace.validated[step]["model.output_layer.weight"],
+                                  trace.steps[step]["model.output_layer.weight"])
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    params = set(trace.start)
+    assert_weights_close({n: last["state_dict"][n] for n in params}, reference[3 * k], "last.ckpt state_dict")
+    assert_weights_close(last[EMA_KEY]["weights"], trace.steps[3 * k], "last.ckpt trained weights")
+    assert last[EMA_KEY]["updates"] == 3 * k and last[EMA_KEY]["decay"] == decay
+    projections = [n for n in trace.buffers if n.endswith("projection")]
+    assert projections
+    for name in projections:  # the random features are the current draw (redrawn 3 times), never averaged
+        assert torch.equal(last["state_dict"][name], trace.buffers[name]), name
+        assert last["state_dict"][name.replace("projection", "_extra_state")]["redraws"] == 3 * k // 4
+    # best.ckpt holds the average of its step, which is what `test` scored
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert_weights_close({n: best["state_dict"][n] for n in params}, reference[best["global_step"]], "best.ckpt")
+    results = json.loads((run / "results.json").read_text())
+    code, out, err = run_cli(capsys, "test", run, "--output", tmp_path / "test.csv")
+    assert code == 0, err
+    assert pd.read_csv(tmp_path / "test.csv")["test_acc"].iloc[0] == pytest.approx(results["test_acc"], abs=1e-6)
+
+
+def test_ema_run_resumes_with_its_trained_weights_and_average(capsys, monkeypatch, data_dir, tmp_path):
+    decay, k = 0.9, 7
+    trace = WeightTrace()
+    monkeypatch.setattr(run_module, "train", functools.partial(run_module.train, callbacks=[trace, InterruptAt(k)]))
+    argv = train_args(data_dir, tmp_path, "Performer", "--ema_decay", str(decay), "--max_steps", "12",
+                      "--checkpoint_every_n_steps", "1000")
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 130, err
+    run = tmp_path / "default" / "version_0"
+    first = ema_reference(trace.start, trace.steps, decay)
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == k and last[EMA_KEY]["updates"] == k
+    assert_weights_close(last[EMA_KEY]["weights"], trace.steps[k], "trained weights at the interrupt")
+
+    resumed = WeightTrace()
+    monkeypatch.setattr(run_module, "train", functools.partial(run_module.train, callbacks=[resumed]))
+    code, _, err = run_cli(capsys, "train", "--resume", run, "--no_progress_bar")
+    assert code == 0, err
+    monkeypatch.undo()
+    assert_weights_close(resumed.start, trace.steps[k], "weights the resumed run trains on")
+    # the average carries on from the saved one, its update count too
+    average = first[k]
+    for step in sorted(resumed.steps):
+        d = min(decay, (1 + step) / (10 + step))
+        average = {n: a + (1 - d) * (resumed.steps[step][n] - a) for n, a in average.items()}
+    final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final[EMA_KEY]["updates"] == 12
+    assert_weights_close({n: final["state_dict"][n] for n in average}, average, "average after the resume")
+
+
+@pytest.mark.parametrize("value", ["1", "-0.1", "1.5"])
+def test_ema_decay_out_of_range_is_a_user_error(capsys, data_dir, tmp_path, value):
+    code, _, err = run_cli(capsys, *train_args(data_dir, tmp_path, "Performer", "--ema_decay", value, "--max_steps", "1"))
+    assert_one_line_error(code, err, "--ema_decay", "0.999")
+    assert not (tmp_path / "default").exists()

@@ -67,6 +67,7 @@ class TrainingConfig:
     val_size: int = 5000
     split_seed: int = 42
     seed: int | None = None
+    ema_decay: float = 0.0  # 0: off; else validate, keep and test an exponential moving average of the weights
 
 
 @dataclass
@@ -451,7 +452,7 @@ def train(request: TrainRequest, callbacks: Sequence[Any] = ()) -> int:
     from relative_performer.data.datasets import ImageDataModule
     from relative_performer.models import ModelConfig, count_parameters, create_model
     from relative_performer.models.config import CONFIG_VERSION
-    from relative_performer.training.callbacks import LastCheckpoint, ProgressBar, TrainingClock
+    from relative_performer.training.callbacks import LastCheckpoint, ProgressBar, TrainingClock, WeightEMA
     from relative_performer.training.module import ClassifierModule
 
     _quiet_warnings()
@@ -465,6 +466,8 @@ def train(request: TrainRequest, callbacks: Sequence[Any] = ()) -> int:
         resume = bool(info["resume"])
 
     training, runtime = request.training, request.runtime
+    if not 0.0 <= training.ema_decay < 1.0:
+        raise UserError(f"--ema_decay must be 0 (off) or in (0, 1), such as 0.999 (got {training.ema_decay})")
     if resume and not child:
         run = RunFolder(Path(request.run_dir))
         resume_checkpoint = load_checkpoint(run.last)
@@ -563,6 +566,7 @@ def train(request: TrainRequest, callbacks: Sequence[Any] = ()) -> int:
     last = LastCheckpoint(run.last, runtime.checkpoint_every_n_steps)
     clock = TrainingClock()
     all_callbacks = [
+        *([WeightEMA(training.ema_decay)] if training.ema_decay else []),
         best, last, clock,
         EarlyStopping(monitor="val/acc", mode="max", patience=training.patience, check_on_train_epoch_end=False),
         LearningRateMonitor(logging_interval="step"),
