@@ -749,6 +749,21 @@ def test_ema_run_resumes_with_its_trained_weights_and_average(capsys, monkeypatc
     assert_weights_close({n: final["state_dict"][n] for n in average}, average, "average after the resume")
 
 
+def test_ema_run_whose_checkpoint_lost_its_weights_is_refused_and_kept(capsys, monkeypatch, data_dir, tmp_path):
+    monkeypatch.setattr(run_module, "train", functools.partial(run_module.train, callbacks=[InterruptAt(5)]))
+    code, _, err = run_cli(capsys, *train_args(data_dir, tmp_path, "Performer", "--ema_decay", "0.9", "--max_steps", "12"))
+    assert code == 130, err
+    monkeypatch.undo()
+    last = tmp_path / "default" / "version_0" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    del checkpoint[EMA_KEY]
+    torch.save(checkpoint, last)
+    before = last.read_bytes()
+    code, _, err = run_cli(capsys, "train", "--resume", last.parent.parent, "--no_progress_bar")
+    assert_one_line_error(code, err, EMA_KEY, "start the run again")
+    assert last.read_bytes() == before  # the failed restore did not overwrite it
+
+
 @pytest.mark.parametrize("value", ["1", "-0.1", "1.5"])
 def test_ema_decay_out_of_range_is_a_user_error(capsys, data_dir, tmp_path, value):
     code, _, err = run_cli(capsys, *train_args(data_dir, tmp_path, "Performer", "--ema_decay", value, "--max_steps", "1"))

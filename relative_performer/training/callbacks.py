@@ -13,6 +13,8 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
 
+from relative_performer.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -21,8 +23,10 @@ class LastCheckpoint(Checkpoint):
 
     Saved every ``every_n_steps`` optimizer steps, after every validation (end of
     epoch: with the updated early-stopping and best-checkpoint state), when
-    training ends, and on an exception such as Ctrl-C (single process only: with
-    several processes a save needs all of them, and they may not all be there).
+    training ends, and on an exception such as Ctrl-C once training has started
+    (not during the restore of a resumed run, which would replace the checkpoint
+    it failed to restore; single process only: with several processes a save
+    needs all of them, and they may not all be there).
     A killed run so loses at most ``every_n_steps`` steps.
 
     Lightning's ``ModelCheckpoint(save_last=True)`` is not used for this: with a
@@ -35,6 +39,7 @@ class LastCheckpoint(Checkpoint):
         self.path = Path(path)
         self.every_n_steps = every_n_steps
         self._saved_step = -1
+        self._training = False
 
     def _save(self, trainer: L.Trainer, force: bool = False) -> None:
         if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
@@ -54,8 +59,12 @@ class LastCheckpoint(Checkpoint):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save(trainer, force=True)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._training = True
+
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if trainer.world_size > 1:
+        # not before training starts: a failed restore would overwrite last.ckpt with the step-0 state
+        if trainer.world_size > 1 or not self._training:
             return
         try:
             self._save(trainer)
@@ -143,7 +152,8 @@ class WeightEMA(L.Callback):
             return
         state = checkpoint.get(EMA_KEY)
         if state is None:
-            raise RuntimeError("the checkpoint has no weight average: it was not saved by a run with --ema_decay")
+            raise UserError(f"{trainer.ckpt_path} has no {EMA_KEY} entry, which --resume of a run with --ema_decay "
+                            "needs: it was not saved by such a run; start the run again")
         params = self._parameters(pl_module)
         with torch.no_grad():
             self._average = {name: p.detach().clone() for name, p in params.items()}  # as loaded from state_dict
