@@ -665,13 +665,13 @@ class WeightTrace(L.Callback):
         self.buffers = {n: b.clone() for n, b in pl_module.named_buffers()}
 
 
-def ema_reference(start, steps, decay, first_update=1, last_step=None):
-    """The average after each step, by the formula of WeightEMA's docstring, in float64."""
+def ema_reference(start, steps, decay):
+    """The average after each step, by the formula of WeightEMA's docstring, in float64 (one update per
+    optimizer step: update n is global step n, on a resumed run too)."""
     average = {n: w.clone() for n, w in start.items()}
     out = {}
-    for n_step in sorted(s for s in steps if last_step is None or s <= last_step):
-        update = n_step - first_update + 1
-        d = min(decay, (1 + update) / (10 + update))
+    for n_step in sorted(steps):
+        d = min(decay, (1 + n_step) / (10 + n_step))
         average = {n: a + (1 - d) * (steps[n_step][n] - a) for n, a in average.items()}
         out[n_step] = average
     return out
@@ -740,10 +740,7 @@ def test_ema_run_resumes_with_its_trained_weights_and_average(capsys, monkeypatc
     monkeypatch.undo()
     assert_weights_close(resumed.start, trace.steps[k], "weights the resumed run trains on")
     # the average carries on from the saved one, its update count too
-    average = first[k]
-    for step in sorted(resumed.steps):
-        d = min(decay, (1 + step) / (10 + step))
-        average = {n: a + (1 - d) * (resumed.steps[step][n] - a) for n, a in average.items()}
+    average = ema_reference(first[k], resumed.steps, decay)[12]
     final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert final[EMA_KEY]["updates"] == 12
     assert_weights_close({n: final["state_dict"][n] for n in average}, average, "average after the resume")

@@ -137,11 +137,6 @@ class WeightEMA(L.Callback):
     def _parameters(self, pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
         return {name: p for name, p in pl_module.named_parameters() if p.requires_grad}
 
-    @property
-    def average(self) -> dict[str, torch.Tensor] | None:
-        """The averaged weights by ``state_dict`` name (None before training starts)."""
-        return self._average
-
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and self._average is None:
             self._average = {name: p.detach().clone() for name, p in self._parameters(pl_module).items()}
