@@ -9,7 +9,10 @@ random inputs, with the maximum absolute error in the failure message:
 * ``ring_sums`` (rotated-grid prefix sums) vs the ring-kernel convolution;
 * ``clipped_relative_attention`` (summed by parts, hand-written backward) vs the
   ring-sum formulation it replaced;
-* whole models with their fast paths vs the same weights with the straightforward ones.
+* whole models with their fast paths vs the same weights with the straightforward ones;
+* the evaluation paths (autograd off, CPU): ``attend_in_chunks`` vs one call on the whole
+  batch, oneDNN's fused linear layers (``models/fused.py``) vs ``nn.Linear`` and ``GELU``,
+  and whole models evaluated with both vs without.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from relative_performer.attention.favor import (
     softmax_features,
     softmax_features_up_to_scale,
 )
-from relative_performer.models import create_model
+from relative_performer.models import create_model, fused
+from relative_performer.models.blocks import FeedForward
 
 F64 = torch.float64
 RING_SHAPES = [(5, 7, 3), (6, 3, 3), (5, 7, 12), (6, 3, 1), (4, 9, 2), (1, 6, 3), (8, 8, 8)]  # (height, width, C)
@@ -255,3 +259,110 @@ def test_models_on_cuda_match_the_cpu(name):
         assert_close(cuda_grads[key].cpu(), cpu_grads[key], 1e-9 * max(1.0, cpu_grads[key].abs().max().item()), f"grad {key}")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         assert torch.isfinite(model.float()(images.cuda().float())).all()
+
+
+# --------------------------------------------------------------------------- evaluation (autograd off, CPU)
+
+
+@pytest.mark.parametrize("pairs, calls", [(6, 3), (3, 5), (2, 10), (1, 15), (15, 1)], ids=lambda x: str(x))
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["float64", "float32"])
+def test_attend_in_chunks_matches_one_call(pairs, calls, dtype, monkeypatch):
+    """5 samples x 3 heads taken ``pairs`` (sample, head) pairs at a time: whole samples (uneven last
+    chunk), a few heads of a sample, one head, or everything at once; same output as one call."""
+    torch.manual_seed(11)
+    fm = FeatureMap(16, 48).to(dtype)
+    qkv = torch.randn(5, 21, 3, 3, 16, dtype=dtype) * 2  # (b, n, t, h, d), permuted views as the models make them
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    whole = fm._attend_all(q, k, v)
+    monkeypatch.setattr(favor, "CHUNK_FEATURES", pairs * 21 * 48)
+    seen = []
+    original = fm._attend_all
+    monkeypatch.setattr(fm, "_attend_all", lambda *t: seen.append(t[0].shape[:2]) or original(*t))
+    with torch.no_grad():
+        chunked = fm.attend(q, k, v)
+    assert len(seen) == calls, seen
+    assert sum(s[0] * s[1] for s in seen) == 15
+    assert chunked.shape == whole.shape
+    if calls > 1:  # written into a (b, n, h, e) buffer: merging the heads is a view
+        assert chunked.transpose(1, 2).is_contiguous()
+    assert_close(chunked, whole, 1e-12 if dtype == F64 else 1e-5, f"{pairs} pairs per chunk")
+    assert whole.abs().max() > 0.1
+
+
+def test_attend_takes_the_whole_batch_with_autograd(monkeypatch):
+    monkeypatch.setattr(favor, "CHUNK_FEATURES", 1)
+    called = []
+    monkeypatch.setattr(favor, "attend_in_chunks", lambda *a: called.append(1))
+    fm = FeatureMap(8, 16)
+    q, k, v = (torch.randn(2, 2, 5, 8, requires_grad=True) for _ in range(3))
+    fm.attend(q, k, v).sum().backward()
+    assert not called and q.grad is not None
+    with torch.no_grad():
+        fm.attend(q, k, v)
+    assert called
+
+
+needs_onednn = pytest.mark.skipif(
+    fused._linear_pointwise is None or not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN"
+)
+
+
+@needs_onednn
+@pytest.mark.parametrize("activation", ["none", "gelu"])
+@pytest.mark.parametrize("shape", [(3, 17, 24), (40, 24)], ids=["3d", "2d"])
+def test_fused_linear_matches_linear_and_gelu(activation, shape):
+    torch.manual_seed(12)
+    layer = torch.nn.Linear(24, 40)
+    x = torch.randn(*shape)
+    reference = layer(x) if activation == "none" else F.gelu(layer(x))
+    with torch.no_grad():
+        assert fused.usable(x, layer)
+        out = fused.linear(x, layer, activation)
+    assert_close(out, reference, 1e-5, f"fused linear ({activation})")
+    assert reference.abs().max() > 0.5
+
+
+@needs_onednn
+def test_fused_linear_only_without_autograd_float32_and_autocast():
+    layer, x = torch.nn.Linear(4, 4), torch.randn(2, 4)
+    assert not fused.usable(x, layer)  # autograd on
+    with torch.no_grad():
+        assert fused.usable(x, layer)
+        assert not fused.usable(x.double(), torch.nn.Linear(4, 4).double())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not fused.usable(x, layer)
+    out = fused.linear(x, layer, "gelu")  # with autograd: the ordinary layers, differentiable
+    out.sum().backward()
+    assert layer.weight.grad is not None
+    with pytest.raises(ValueError, match="activation"):
+        fused.linear(x, layer, "relu")
+
+
+@needs_onednn
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train-mode dropout"])
+def test_feed_forward_fused_matches_unfused(train, monkeypatch):
+    torch.manual_seed(13)
+    ff = FeedForward(16, 4, dropout=0.3).train(train)
+    x = torch.randn(2, 9, 16)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        fast = ff(x)
+        monkeypatch.setattr(fused, "ENABLED", False)
+        torch.manual_seed(0)
+        slow = ff(x)
+    assert_close(fast, slow, 1e-5, "feed-forward")
+
+
+@pytest.mark.parametrize("name", ["Performer", "NoposPerformer", "RelativePerformer", "ClippedRelativePerformer",
+                                  "ExactRelativePerformer"])
+def test_models_evaluate_alike_with_and_without_the_evaluation_paths(name, monkeypatch):
+    """Eval-mode float32 logits under ``torch.inference_mode`` (chunked attention, fused layers, with a chunk
+    size small enough to split this batch) against the same forward with autograd on (neither path)."""
+    torch.manual_seed(14)
+    model = create_model(model=name, dim=32, depth=2, heads=4, nb_features=24, clipping_dist=3).eval()
+    images = torch.rand(3, 1, 6, 7)
+    with_autograd = model(images)
+    monkeypatch.setattr(favor, "CHUNK_FEATURES", 43 * 24 * 4)  # one sample per chunk
+    with torch.inference_mode():
+        evaluated = model(images)
+    assert_close(evaluated, with_autograd.detach(), 1e-5, f"{name} logits")

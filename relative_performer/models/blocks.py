@@ -12,6 +12,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from relative_performer.attention.favor import FeatureMap, softmax_attention
+from relative_performer.models import fused
 from relative_performer.models.config import ModelConfig
 from relative_performer.models.dropout import Dropout
 
@@ -61,11 +62,11 @@ class SelfAttention(nn.Module):
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(b, n, dim) -> queries, keys, values, each (b, h, n, d)."""
-        return rearrange(self.to_qkv(x), "b n (t h d) -> t b h n d", t=3, h=self.heads)
+        return rearrange(fused.linear(x, self.to_qkv), "b n (t h d) -> t b h n d", t=3, h=self.heads)
 
     def merge(self, out: Tensor, x: Tensor) -> Tensor:
         """(b, h, n, d) head outputs -> (b, n, dim) layer output."""
-        return self.dropout(self.to_out(rearrange(out.to(x.dtype), "b h n d -> b n (h d)")))
+        return self.dropout(fused.linear(rearrange(out.to(x.dtype), "b h n d -> b n (h d)"), self.to_out))
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         """(b, h, n, d) queries, keys, values -> (b, h, n, d) outputs."""
@@ -75,8 +76,17 @@ class SelfAttention(nn.Module):
 
 
 class FeedForward(nn.Sequential):
+    """``Linear, GELU, Dropout, Linear``; in evaluation on the CPU with bias and GELU fused
+    into the products (:mod:`relative_performer.models.fused`)."""
+
     def __init__(self, dim: int, mult: int, dropout: float):
         super().__init__(nn.Linear(dim, dim * mult), nn.GELU(), Dropout(dropout), nn.Linear(dim * mult, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        up, activation, dropout, down = self
+        if activation.approximate != "none" or not fused.usable(x, up):
+            return super().forward(x)
+        return fused.linear(dropout(fused.linear(x, up, "gelu")), down)
 
 
 class Block(nn.Module):
