@@ -338,6 +338,22 @@ def test_fused_linear_only_without_autograd_float32_and_autocast():
         fused.linear(x, layer, "relu")
 
 
+def test_fused_linear_falls_back_for_good_when_the_kernel_fails(monkeypatch):
+    def failing(*args):
+        calls.append(1)
+        raise RuntimeError("unsupported on this CPU")
+
+    calls = []
+    monkeypatch.setattr(fused, "_linear_pointwise", failing)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+    layer, x = torch.nn.Linear(4, 3), torch.randn(2, 4)
+    with torch.no_grad():
+        assert_close(fused.linear(x, layer, "gelu"), F.gelu(layer(x)), 1e-6, "fallback")
+        assert fused._linear_pointwise is None and not fused.usable(x, layer)
+        fused.linear(x, layer)
+    assert calls == [1]
+
+
 @needs_onednn
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train-mode dropout"])
 def test_feed_forward_fused_matches_unfused(train, monkeypatch):

@@ -7,7 +7,8 @@ layer is 34 MB). oneDNN's inner product (``torch.ops.mkldnn._linear_pointwise``,
 kernel torch's own compiler emits for CPU linear layers) applies bias and GELU while it
 writes the product. It has no backward, so it is used only where autograd is off
 (evaluation, ``torch.no_grad``, ``torch.inference_mode``), on float32 CPU tensors outside
-autocast, and where this torch build has it; everywhere else the layers run as usual.
+autocast, and where this torch build has it (should the kernel fail, it is not tried again);
+everywhere else the layers run as usual.
 ``tests/test_fast_paths.py`` checks both paths give the same outputs.
 
 Set ``ENABLED = False`` to turn it off.
@@ -47,7 +48,11 @@ def linear(x: Tensor, layer: nn.Linear, activation: str = "none") -> Tensor:
     """``activation(layer(x))`` for ``activation`` in ``"none"``, ``"gelu"`` (exact, erf), fused where :func:`usable`."""
     if activation not in ("none", "gelu"):
         raise ValueError(f"activation must be 'none' or 'gelu', not {activation!r}")
+    global _linear_pointwise
     if usable(x, layer):
-        return _linear_pointwise(x, layer.weight, layer.bias, activation, [], "none" if activation == "gelu" else "")
+        try:
+            return _linear_pointwise(x, layer.weight, layer.bias, activation, [], "none" if activation == "gelu" else "")
+        except (RuntimeError, NotImplementedError):  # a build or CPU whose oneDNN lacks it: the ordinary layers from now on
+            _linear_pointwise = None
     out = layer(x)
     return F.gelu(out) if activation == "gelu" else out
