@@ -26,6 +26,11 @@ subprocess that reports how far one warm-up step and one measured step raised th
 peak resident set size above where it stood after building the model, optimizer and batch
 (``VmHWM`` minus ``VmRSS``): activations, gradients, optimizer state and allocator overhead included.
 
+On the CPU our models train with the ``torch.compile``'d FAVOR+ core, as ``relative-performer
+train`` does (``--compile-attention off``: eager); its compile happens in the warm-up steps. The
+memory subprocesses run the eager core (compiling there would count the compiler's own memory);
+the compiled core keeps the same tensors for its backward (``tests/test_compiled.py``).
+
 A scaling sweep runs each registered model, softmax-SDPA and the floor at image sides 16, 32, 64,
 128 with the batch shrunk so that every step sees ~16.4k tokens, and reports time and memory per
 image and per token, plus a log-log plot. Results go to ``--out`` as CSV, JSON and PNG.
@@ -55,6 +60,7 @@ from torch import nn
 
 from relative_performer.allocator import ENV as ALLOCATOR_ENV
 from relative_performer.allocator import keep_freed_memory, malloc_policy
+from relative_performer.attention import compiled
 from relative_performer.models import MODELS, create_model
 from relative_performer.models.blocks import SelfAttention
 from relative_performer.positional.sinusoid import LearnableSinusoidEncoding
@@ -454,6 +460,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
                         help="keep: glibc keeps freed memory, as the relative-performer command does (default); "
                         "default: glibc's own policy (fresh pages for every large tensor)")
+    parser.add_argument("--compile-attention", choices=("on", "off"), default="on",
+                        help="on: our models train with the torch.compile'd FAVOR+ core on the CPU, as "
+                        "`relative-performer train` does (default); off: eager")
     parser.add_argument("--_probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.malloc == "keep":
@@ -477,6 +486,9 @@ def main(argv: list[str] | None = None) -> None:
     sides = args.sides or ([32, 128] if args.quick else [16, 32, 64, 128])
     args.out.mkdir(parents=True, exist_ok=True)
     env = environment(device, args.threads)
+    env["compiled_attention"] = args.compile_attention == "on" and device.type == "cpu" and compiled.enable()
+    if args.compile_attention == "on" and device.type == "cpu" and not env["compiled_attention"]:
+        print(f"note: torch.compile does not work here ({compiled.unavailable_reason()}): eager attention")
     print(f"relative-performer benchmark: {json.dumps(env)}")
     if device.type == "cpu" and hasattr(os, "getloadavg") and os.getloadavg()[0] > 0.5:
         print(f"note: load average {os.getloadavg()[0]:.1f} before starting: other processes share the CPU, so "

@@ -10,9 +10,10 @@ noise hits every variant alike, and prints medians and the speed-up over "neithe
 performer-pytorch (when installed) is timed in the same rounds for the ratio the
 issue asks about.
 
-``--chunked-training`` also times why training takes the whole batch: one layer's FAVOR+
-core (the benchmark's sizes: 16 samples, 4 heads, 1025 tokens, head dim 32), forward and
-backward, on the whole batch and in chunks of 8, 4, 2 and 1 samples.
+``--training-core`` also times one layer's FAVOR+ core for training (the benchmark's sizes:
+16 samples, 4 heads, 1025 tokens, head dim 32), forward and backward: eager on the whole
+batch, eager in chunks of 8, 4, 2 and 1 samples (why training does not chunk), and the
+``torch.compile``'d core that ``relative-performer train`` uses on the CPU.
 """
 
 from __future__ import annotations
@@ -41,33 +42,44 @@ VARIANTS = {  # name: (fused linear layers, chunked attention)
 }
 
 
-def chunked_training(repeats: int) -> None:
-    """Forward and backward of one layer's attention core, whole batch against chunks of samples."""
+def training_core(repeats: int) -> None:
+    """Forward and backward of one layer's attention core: eager whole batch, eager chunks, compiled."""
+    from relative_performer.attention import compiled
+
     torch.manual_seed(0)
     b, h, n, d = bench.BATCH, bench.HEADS, bench.SIDE**2 + 1, bench.DIM // bench.HEADS
     feature_map = favor.FeatureMap(d)
     qkv0, grad = torch.randn(b, n, 3 * h * d), torch.randn(b, h, n, d)
+    can_compile = compiled.enable()
 
-    def step(chunk: int) -> float:
+    def step(variant) -> float:
         qkv = qkv0.detach().requires_grad_()
         q, k, v = qkv.view(b, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
         start = time.perf_counter()
-        parts = [feature_map._attend_all(q[i : i + chunk], k[i : i + chunk], v[i : i + chunk]) for i in range(0, b, chunk)]
-        torch.cat(parts).backward(grad)
+        if variant == "compiled":
+            out = compiled.attend(feature_map.kernel, q, k, v, feature_map.projection)
+        else:
+            out = torch.cat([feature_map._attend_all(q[i : i + variant], k[i : i + variant], v[i : i + variant])
+                             for i in range(0, b, variant)])
+        out.backward(grad)
         return time.perf_counter() - start
 
-    chunks = [b, 8, 4, 2, 1]
-    times = {c: [] for c in chunks}
-    for c in chunks * 2:  # warm-up
+    variants = [b, 8, 4, 2, 1] + (["compiled"] if can_compile else [])
+    times = {c: [] for c in variants}
+    for c in variants * 2:  # warm-up (and the compile)
         step(c)
     order = random.Random(1)
     for _ in range(repeats):
-        order.shuffle(chunks)
-        for c in chunks:
+        order.shuffle(variants)
+        for c in variants:
             times[c].append(step(c))
     print(f"\none layer's FAVOR+ core, forward + backward, {b} x {h} x {n} tokens, head dim {d}, medians of {repeats}:")
-    for c in sorted(times, reverse=True):
-        print(f"  {'whole batch' if c == b else f'chunks of {c}':14s} {statistics.median(times[c]) * 1e3:7.1f} ms")
+    names = {b: "eager, whole batch", "compiled": "compiled (torch.compile)"}
+    for c in [b, 8, 4, 2, 1, "compiled"]:
+        if c in times:
+            print(f"  {names.get(c, f'eager, chunks of {c}'):26s} {statistics.median(times[c]) * 1e3:7.1f} ms")
+    if not can_compile:
+        print(f"  (torch.compile does not work here: {compiled.unavailable_reason()})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", nargs="+", default=["Performer", "RelativePerformer"])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--chunked-training", action="store_true", help="also time the attention core's training in chunks")
+    parser.add_argument("--training-core", action="store_true",
+                        help="also time one layer's attention core in training: eager, in chunks, compiled")
     args = parser.parse_args(argv)
     keep_freed_memory()
     if args.threads:
@@ -119,8 +132,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{row:18s} {variant:12s} {ms:7.1f} {medians[row, 'neither'] / ms:9.2f} {vs_lucid}")
     if lucid is not None:
         print(f"{bench.LUCIDRAINS:18s} {'-':12s} {medians[bench.LUCIDRAINS, '-']:7.1f}")
-    if args.chunked_training:
-        chunked_training(args.repeats)
+    if args.training_core:
+        training_core(args.repeats)
 
 
 if __name__ == "__main__":

@@ -299,6 +299,9 @@ def train_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
                          help="Write train metrics to metrics.csv every this many steps")
     trainer.add_argument("--no_progress_bar", dest="progress_bar", action="store_false", default=True,
                          help="No progress bar (for log files)")
+    trainer.add_argument("--no_compile_attention", dest="compile_attention", action="store_false", default=True,
+                         help="On the CPU, train with the uncompiled attention (default: torch.compile its FAVOR+ "
+                              "core, a few seconds per new input shape; also RELATIVE_PERFORMER_COMPILE=0)")
     return parser
 
 

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from relative_performer.attention import compiled
+
 
 def default_nb_features(dim_head: int) -> int:
     """Performer's default number of random features, ``int(d * ln d)``."""
@@ -287,10 +289,17 @@ class FeatureMap(nn.Module):
         """FAVOR+ attention (b, h, n, d) x3 -> (b, h, n, e): ``linear_attention`` of this map's features.
 
         Without autograd on the CPU (evaluation, ``torch.no_grad``, ``torch.inference_mode``)
-        the (sample, head) pairs are taken a few at a time (:func:`attend_in_chunks`).
+        the (sample, head) pairs are taken a few at a time (:func:`attend_in_chunks`); with
+        autograd on the CPU, once :func:`relative_performer.attention.compiled.enable` has
+        been called (the command line does for CPU training), a ``torch.compile``'d copy of
+        the same computation runs.
         """
         if not torch.is_grad_enabled() and q.device.type == "cpu":
             return attend_in_chunks(self._attend_all, q, k, v, self.nb_features)
+        if compiled.applies(q):
+            out = compiled.attend(self.kernel, q, k, v, self.projection)
+            if out is not None:
+                return out
         return self._attend_all(q, k, v)
 
     def _attend_all(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:

@@ -90,6 +90,7 @@ class RuntimeConfig:
     log_every_n_steps: int = 50
     data_dir: str | None = None
     progress_bar: bool = True
+    compile_attention: bool = True  # CPU only: torch.compile the FAVOR+ core (relative_performer.attention.compiled)
 
 
 @dataclass
@@ -439,6 +440,24 @@ def _quiet_warnings() -> None:
 # ==========================================================================
 
 
+def _compile_attention(runtime: RuntimeConfig, device) -> bool:
+    """Turn on the compiled FAVOR+ core for training on the CPU (see relative_performer.attention.compiled).
+
+    Off with ``--no_compile_attention``, ``RELATIVE_PERFORMER_COMPILE=0``, on other devices, and where
+    ``torch.compile`` does not work here (then one line says why and training goes on eagerly).
+    """
+    from relative_performer.attention import compiled
+
+    if not runtime.compile_attention or not compiled.allowed_by_environment() or device.type != "cpu":
+        compiled.disable()
+        return False
+    if compiled.enable():
+        return True
+    _rank_zero_print(f"note: torch.compile does not work here ({compiled.unavailable_reason()}); "
+                     "the attention runs uncompiled (--no_compile_attention skips the attempt)")
+    return False
+
+
 def train(request: TrainRequest, callbacks: Sequence[Any] = ()) -> int:
     """Run (or resume, when ``request.run_dir`` is set) one training run; returns the exit status.
 
@@ -504,8 +523,9 @@ def train(request: TrainRequest, callbacks: Sequence[Any] = ()) -> int:
     _check_model_takes(model, info, config.embedding_type, request.model)
     parameters = count_parameters(model)
     limits = _trainer_limits(runtime)
-    _trainer_settings(runtime, quiet=True, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False)  # reported before the run folder is made
+    check = _trainer_settings(runtime, quiet=True, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                              enable_model_summary=False)  # reported before the run folder is made
+    compiled_attention = _compile_attention(runtime, check.strategy.root_device)
 
     data_settings = {
         "data_dir": str(Path(runtime.data_dir).resolve()) if runtime.data_dir else None,
@@ -513,7 +533,8 @@ def train(request: TrainRequest, callbacks: Sequence[Any] = ()) -> int:
         "val_size": training.val_size,
         "split_seed": training.split_seed,
     }
-    session = {"started": _now(), "command": request.command, "runtime": asdict(runtime), "machine": machine_info()}
+    session = {"started": _now(), "command": request.command, "runtime": asdict(runtime),
+               "machine": {**machine_info(), "compiled_attention": compiled_attention}}
     if child:
         pass
     elif resume:

@@ -1,0 +1,117 @@
+"""FAVOR+ attention compiled by ``torch.compile`` for training on the CPU.
+
+The attention core (features of queries and keys, the two products, the normaliser)
+spends most of its time in elementwise passes over (b, h, n, m) feature tensors and
+in autograd's bookkeeping between them. Compiled by TorchInductor, the passes of the
+forward and of the backward are fused into a few loops (the matrix products stay
+oneDNN/MKL calls): one layer's core, forward and backward, 70-75 ms eager against
+55-58 ms compiled at batch 16, 32 x 32 images, head dim 32 on a 2-core Xeon
+(``python benchmarks/eval_paths.py --training-core``). Only the core is compiled: compiling
+the whole model was slower (its dropout, in particular).
+
+:func:`enable` turns it on for this process after a probe (a tiny compile with a
+backward pass) succeeds; the probe fails where ``torch.compile`` cannot work (no C++
+compiler, an unsupported Python), and training then stays eager. ``relative-performer
+train`` enables it when it trains on the CPU (``--no_compile_attention``, or
+``RELATIVE_PERFORMER_COMPILE=0`` in the environment, turns that off). It is used for
+CPU tensors with autograd on; evaluation takes the chunked eager path of
+:func:`relative_performer.attention.favor.attend_in_chunks`, and CUDA the eager one.
+The compiled function gives the eager outputs and gradients up to rounding
+(``tests/test_compiled.py``). Each new input shape compiles once (a few seconds).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+ENV = "RELATIVE_PERFORMER_COMPILE"
+
+_enabled = False
+_unavailable: str | None = None  # why the probe or a compile failed
+_functions: dict[str, Callable[..., Tensor]] = {}
+
+
+def allowed_by_environment() -> bool:
+    """False when ``RELATIVE_PERFORMER_COMPILE`` is 0, off, false or no."""
+    return os.environ.get(ENV, "").strip().lower() not in ("0", "off", "false", "no")
+
+
+def _core(q: Tensor, k: Tensor, v: Tensor, projection: Tensor, kernel: str) -> Tensor:
+    """The eager FAVOR+ attention, (b, h, n, d) x3 -> (b, h, n, e), returned as a (b, n, h, e) layout
+    (so merging the heads afterwards is a view: the compiled normaliser writes it directly)."""
+    from relative_performer.attention import favor
+
+    up_to_scale = favor.KERNELS_UP_TO_SCALE[kernel]
+    out = favor.linear_attention(up_to_scale(q, projection, is_query=True), up_to_scale(k, projection, is_query=False), v)
+    return out.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def compiled_function(kernel: str) -> Callable[..., Tensor]:
+    """``torch.compile`` of :func:`_core` for one kernel (compiled lazily, per input shape)."""
+    if kernel not in _functions:
+        compiled = torch.compile(_core, dynamic=False)
+        _functions[kernel] = lambda q, k, v, projection: compiled(q, k, v, projection, kernel)
+    return _functions[kernel]
+
+
+def _probe() -> None:
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, 3, 2, generator=generator).requires_grad_() for _ in range(3))
+    out = compiled_function("softmax")(q, k, v, torch.randn(3, 2, generator=generator))
+    out.sum().backward()
+    if not all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v)):
+        raise RuntimeError("the probe's gradients are missing or not finite")
+
+
+def enable() -> bool:
+    """Turn the compiled attention on for CPU training in this process, if a probe compiles; True if on.
+
+    A failing probe leaves it off and records why (:func:`unavailable_reason`).
+    """
+    global _enabled, _unavailable
+    if _enabled:
+        return True
+    if _unavailable is not None:
+        return False
+    try:
+        _probe()
+    except Exception as error:  # torch.compile can fail in many ways (no compiler, unsupported platform)
+        _unavailable = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
+        return False
+    _enabled = True
+    return True
+
+
+def disable() -> None:
+    """Back to eager attention in training (the compiled functions are kept)."""
+    global _enabled
+    _enabled = False
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`enable` or a later compile failed, or None."""
+    return _unavailable
+
+
+def applies(q: Tensor) -> bool:
+    """Whether ``FeatureMap.attend`` takes the compiled function for these queries."""
+    return _enabled and q.device.type == "cpu" and torch.is_grad_enabled()
+
+
+def attend(kernel: str, q: Tensor, k: Tensor, v: Tensor, projection: Tensor) -> Tensor | None:
+    """The compiled attention, or None if compiling failed (it is then off for the rest of the process)."""
+    global _enabled, _unavailable
+    try:
+        return compiled_function(kernel)(q, k, v, projection)
+    except Exception as error:
+        _enabled = False
+        _unavailable = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
+        return None
