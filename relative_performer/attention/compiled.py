@@ -6,8 +6,10 @@ in autograd's bookkeeping between them. Compiled by TorchInductor, the passes of
 forward and of the backward are fused into a few loops (the matrix products stay
 oneDNN/MKL calls): one layer's core, forward and backward, 70-75 ms eager against
 55-58 ms compiled at batch 16, 32 x 32 images, head dim 32 on a 2-core Xeon
-(``python benchmarks/eval_paths.py --training-core``). Only the core is compiled: compiling
-the whole model was slower (its dropout, in particular).
+(``python benchmarks/eval_paths.py --training-core``). Only the cores are compiled (this one,
+used by every model's FAVOR+ heads, and ExactRelativePerformer's
+:func:`relative_performer.attention.periodic.separable_attention`): compiling the whole
+model was slower (its dropout, in particular).
 
 :func:`enable` turns it on for this process after a probe (a tiny compile with a
 backward pass) succeeds; the probe fails where ``torch.compile`` cannot work (no C++
@@ -22,6 +24,7 @@ The compiled function gives the eager outputs and gradients up to rounding
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Callable
 
@@ -32,7 +35,7 @@ ENV = "RELATIVE_PERFORMER_COMPILE"
 
 _enabled = False
 _unavailable: str | None = None  # why the probe or a compile failed
-_functions: dict[str, Callable[..., Tensor]] = {}
+_functions: dict[Callable[..., Tensor], Callable[..., Tensor]] = {}
 
 
 def allowed_by_environment() -> bool:
@@ -50,18 +53,17 @@ def _core(q: Tensor, k: Tensor, v: Tensor, projection: Tensor, kernel: str) -> T
     return out.transpose(1, 2).contiguous().transpose(1, 2)
 
 
-def compiled_function(kernel: str) -> Callable[..., Tensor]:
-    """``torch.compile`` of :func:`_core` for one kernel (compiled lazily, per input shape)."""
-    if kernel not in _functions:
-        compiled = torch.compile(_core, dynamic=False)
-        _functions[kernel] = lambda q, k, v, projection: compiled(q, k, v, projection, kernel)
-    return _functions[kernel]
+def compiled_function(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``torch.compile(fn)``, made once per function (it compiles lazily, per input shape)."""
+    if fn not in _functions:
+        _functions[fn] = torch.compile(fn, dynamic=False)
+    return _functions[fn]
 
 
 def _probe() -> None:
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 1, 3, 2, generator=generator).requires_grad_() for _ in range(3))
-    out = compiled_function("softmax")(q, k, v, torch.randn(3, 2, generator=generator))
+    out = compiled_function(_core)(q, k, v, torch.randn(3, 2, generator=generator), "softmax")
     out.sum().backward()
     if not all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v)):
         raise RuntimeError("the probe's gradients are missing or not finite")
@@ -77,6 +79,8 @@ def enable() -> bool:
         return True
     if _unavailable is not None:
         return False
+    # torch's C++ build helper warns that no CUDA runtime is found: irrelevant for these CPU kernels
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         _probe()
     except Exception as error:  # torch.compile can fail in many ways (no compiler, unsupported platform)
@@ -106,12 +110,17 @@ def applies(q: Tensor) -> bool:
     return _enabled and q.device.type == "cpu" and torch.is_grad_enabled()
 
 
-def attend(kernel: str, q: Tensor, k: Tensor, v: Tensor, projection: Tensor) -> Tensor | None:
-    """The compiled attention, or None if compiling failed (it is then off for the rest of the process)."""
+def call(fn: Callable[..., Tensor], *args) -> Tensor | None:
+    """``fn(*args)`` compiled, or None if compiling failed (compiled attention is then off for the process)."""
     global _enabled, _unavailable
     try:
-        return compiled_function(kernel)(q, k, v, projection)
+        return compiled_function(fn)(*args)
     except Exception as error:
         _enabled = False
         _unavailable = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
         return None
+
+
+def attend(kernel: str, q: Tensor, k: Tensor, v: Tensor, projection: Tensor) -> Tensor | None:
+    """FAVOR+ attention compiled (see :func:`_core`), or None if compiling failed."""
+    return call(_core, q, k, v, projection, kernel)

@@ -42,7 +42,7 @@ and ``u_ia = [r_0 + eps, rotate(psi_a(p_ia), 2 Re r, -2 Im r)]`` (strategy 1's
 The weights are a linear attention over the product features ``phi(q_i) (x) u_i``
 and ``phi(k_j) (x) psi(p_j)`` (m (1 + 2 s)^2 channels), never an n x n tensor.
 Without ``content_rel_attn`` u_i depends on the pixel's row and column only, and
-the sums over keys and queries are taken one axis at a time (``attend_separable``):
+the sums over keys and queries are taken one axis at a time (:func:`separable_attention`):
 O(n m e (1 + 2 s)) instead of O(n m e (1 + 2 s)^2).
 
 The class token has zero position features (``psi = [1, 0, ..]`` per axis), so it
@@ -64,7 +64,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from relative_performer.attention.favor import autocast_off, normalise, with_ones
+from relative_performer.attention import compiled
+from relative_performer.attention.favor import KERNELS_UP_TO_SCALE, autocast_off, normalise, with_ones
 from relative_performer.models.blocks import AttentionContext, SelfAttention
 from relative_performer.models.config import ModelConfig
 from relative_performer.positional.constrained import rotate
@@ -109,6 +110,55 @@ def axis_basis(basis: Tensor) -> Tensor:
 def outer_axes(per_axis: Tensor) -> Tensor:
     """(..., a=2, p) -> (..., p * p): the product over the two axes, y major."""
     return rearrange(per_axis[..., 0, :, None] * per_axis[..., 1, None, :], "... p q -> ... (p q)")
+
+
+def separable_attention(
+    q: Tensor, k: Tensor, v: Tensor, u: Tensor, psi: Tensor, projection: Tensor, kernel: str, height: int, width: int
+) -> Tensor:
+    """Exactly relative FAVOR+ attention for u shared by the batch, summing one axis at a time.
+
+    q, k, v (b, h, n, d); the random features are ``KERNELS_UP_TO_SCALE[kernel]`` of ``projection``;
+    u (h, n, a, p), psi (n, a, p); token 0 the class token, then the pixels row-major,
+    so u and psi of a pixel are those of its row (axis y) and its column (axis x).
+    Keys: ``S[p, q] = sum_yx psi_y[y, p] psi_x[x, q] phi(k_yx) (x) v1_yx`` (m x e each),
+    summed over x by a matmul of ``psi_x (x) phi(k)`` (n x q m) with v1, then over y.
+    Queries: ``R[p, x] = sum_q u_x[x, q] S[p, q]``, then ``out_yx = sum_{p, m}
+    (u_y[y, p] phi(q_yx)_m) R[p, x, m, :]``, a matmul per column. No tensor has more
+    than n * max(p, q) * m entries per head: the per-token outer product phi(k) (x) v1
+    (n * m * e, e = head dim + 1) is never formed.
+    """
+    features = KERNELS_UP_TO_SCALE[kernel]
+    q_features = features(q, projection, is_query=True)  # (b, h, n, m)
+    k_features = features(k, projection, is_query=False)
+    dtype = torch.promote_types(q_features.dtype, u.dtype)
+    u, psi = u.to(dtype), psi.to(dtype)
+    rows = slice(1, None, width)  # the first pixel of every row
+    psi_y, psi_x = psi[rows, 0], psi[1 : 1 + width, 1]  # (y, p), (x, q)
+    u_y, u_x = u[:, rows, 0], u[:, 1 : 1 + width, 1]  # (h, y, p), (h, x, q)
+    with autocast_off(q.device):
+        q_features, k_features, v = q_features.to(dtype), k_features.to(dtype), v.to(dtype)
+        b, h, _, m = k_features.shape
+        v1 = with_ones(v)  # (b, h, n, e)
+        e = v1.shape[-1]
+        p_count, q_count = psi_y.shape[1], psi_x.shape[1]
+        keys = k_features[:, :, 1:].reshape(b, h, height, width, 1, m) * psi_x[:, :, None]  # (b, h, y, x, q, m)
+        keys = keys.reshape(b, h, height, width, q_count * m).transpose(-1, -2)
+        rows_summed = torch.matmul(keys, v1[:, :, 1:].reshape(b, h, height, width, e))  # (b, h, y, q m, e)
+        context = torch.matmul(psi_y.T, rows_summed.reshape(b, h, height, q_count * m * e))
+        context = context.view(b, h, p_count, q_count, m * e)
+        # the class token's psi is e_0 (x) e_0: its key-value adds to the constant-constant entry
+        corner = torch.zeros(p_count, q_count, 1, dtype=dtype, device=context.device)
+        corner[0, 0] = 1.0
+        class_kv = (k_features[:, :, 0, :, None] * v1[:, :, 0, None, :]).reshape(b, h, 1, 1, m * e)
+        context = context + corner * class_kv
+        per_column = torch.matmul(u_x[None, :, None], context)  # (b, h, p, x, m e)
+        per_column = rearrange(per_column, "b h p x (m e) -> b h x (p m) e", m=m)
+        queries = rearrange(q_features[:, :, 1:], "b h (y x) m -> b h x y m", y=height)
+        queries = rearrange(queries[..., None, :] * u_y[None, :, None, :, :, None], "b h x y p m -> b h x y (p m)")
+        pixels_out = rearrange(torch.matmul(queries, per_column), "b h x y e -> b h (y x) e")
+        class_context = (u[:, 0, 0, 0] * u[:, 0, 1, 0])[:, None] * context[:, :, 0, 0]  # (b, h, m e)
+        class_out = (q_features[:, :, :1, :, None] * class_context.view(b, h, 1, m, e)).sum(-2)
+        return normalise(torch.cat((class_out, pixels_out), dim=2))
 
 
 class PeriodicRelativeAttention(SelfAttention):
@@ -174,48 +224,15 @@ class PeriodicRelativeAttention(SelfAttention):
     def attend_separable(
         self, q: Tensor, k: Tensor, v: Tensor, u: Tensor, psi: Tensor, height: int, width: int
     ) -> Tensor:
-        """As :meth:`attend_relative` for u shared by the batch, summing one axis at a time.
-
-        u (h, n, a, p), psi (n, a, p); token 0 the class token, then the pixels row-major,
-        so u and psi of a pixel are those of its row (axis y) and its column (axis x).
-        Keys: ``S[p, q] = sum_yx psi_y[y, p] psi_x[x, q] phi(k_yx) (x) v1_yx`` (m x e each),
-        summed over x by a matmul of ``psi_x (x) phi(k)`` (n x q m) with v1, then over y.
-        Queries: ``R[p, x] = sum_q u_x[x, q] S[p, q]``, then ``out_yx = sum_{p, m}
-        (u_y[y, p] phi(q_yx)_m) R[p, x, m, :]``, a matmul per column. No tensor has more
-        than n * max(p, q) * m entries per head: the per-token outer product phi(k) (x) v1
-        (n * m * e, e = head dim + 1) is never formed.
-        """
-        q_features = self.feature_map.up_to_scale(q, is_query=True)  # (b, h, n, m)
-        k_features = self.feature_map.up_to_scale(k, is_query=False)
-        dtype = torch.promote_types(q_features.dtype, u.dtype)
-        u, psi = u.to(dtype), psi.to(dtype)
-        rows = slice(1, None, width)  # the first pixel of every row
-        psi_y, psi_x = psi[rows, 0], psi[1 : 1 + width, 1]  # (y, p), (x, q)
-        u_y, u_x = u[:, rows, 0], u[:, 1 : 1 + width, 1]  # (h, y, p), (h, x, q)
-        with autocast_off(q.device):
-            q_features, k_features, v = q_features.to(dtype), k_features.to(dtype), v.to(dtype)
-            b, h, _, m = k_features.shape
-            v1 = with_ones(v)  # (b, h, n, e)
-            e = v1.shape[-1]
-            p_count, q_count = psi_y.shape[1], psi_x.shape[1]
-            keys = k_features[:, :, 1:].reshape(b, h, height, width, 1, m) * psi_x[:, :, None]  # (b, h, y, x, q, m)
-            keys = keys.reshape(b, h, height, width, q_count * m).transpose(-1, -2)
-            rows_summed = torch.matmul(keys, v1[:, :, 1:].reshape(b, h, height, width, e))  # (b, h, y, q m, e)
-            context = torch.matmul(psi_y.T, rows_summed.reshape(b, h, height, q_count * m * e))
-            context = context.view(b, h, p_count, q_count, m * e)
-            # the class token's psi is e_0 (x) e_0: its key-value adds to the constant-constant entry
-            corner = torch.zeros(p_count, q_count, 1, dtype=dtype, device=context.device)
-            corner[0, 0] = 1.0
-            class_kv = (k_features[:, :, 0, :, None] * v1[:, :, 0, None, :]).reshape(b, h, 1, 1, m * e)
-            context = context + corner * class_kv
-            per_column = torch.matmul(u_x[None, :, None], context)  # (b, h, p, x, m e)
-            per_column = rearrange(per_column, "b h p x (m e) -> b h x (p m) e", m=m)
-            queries = rearrange(q_features[:, :, 1:], "b h (y x) m -> b h x y m", y=height)
-            queries = rearrange(queries[..., None, :] * u_y[None, :, None, :, :, None], "b h x y p m -> b h x y (p m)")
-            pixels_out = rearrange(torch.matmul(queries, per_column), "b h x y e -> b h (y x) e")
-            class_context = (u[:, 0, 0, 0] * u[:, 0, 1, 0])[:, None] * context[:, :, 0, 0]  # (b, h, m e)
-            class_out = (q_features[:, :, :1, :, None] * class_context.view(b, h, 1, m, e)).sum(-2)
-            return normalise(torch.cat((class_out, pixels_out), dim=2))
+        """As :meth:`attend_relative` for u shared by the batch: :func:`separable_attention` of this
+        layer's random features (``torch.compile``'d where :mod:`relative_performer.attention.compiled`
+        applies: CPU training)."""
+        args = (q, k, v, u, psi, self.feature_map.projection, self.feature_map.kernel, height, width)
+        if compiled.applies(q):
+            out = compiled.call(separable_attention, *args)
+            if out is not None:
+                return out
+        return separable_attention(*args)
 
     @staticmethod
     def key_values(k_features: Tensor, v: Tensor) -> Tensor:
