@@ -60,6 +60,12 @@ def compiled_function(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     return _functions[fn]
 
 
+def _reason(error: Exception) -> str:
+    """``Type: first line of the message`` (at most 200 characters of it)."""
+    message = str(error).strip()
+    return f"{type(error).__name__}: {message.splitlines()[0][:200] if message else ''}".rstrip(": ")
+
+
 def _probe() -> None:
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 1, 3, 2, generator=generator).requires_grad_() for _ in range(3))
@@ -84,7 +90,7 @@ def enable() -> bool:
     try:
         _probe()
     except Exception as error:  # torch.compile can fail in many ways (no compiler, unsupported platform)
-        _unavailable = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
+        _unavailable = _reason(error)
         return False
     _enabled = True
     return True
@@ -117,7 +123,7 @@ def call(fn: Callable[..., Tensor], *args) -> Tensor | None:
         return compiled_function(fn)(*args)
     except Exception as error:
         _enabled = False
-        _unavailable = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
+        _unavailable = _reason(error)
         return None
 
 
