@@ -59,6 +59,15 @@ def test_compiled_attention_matches_eager(kernel, dtype, compiled_on):
         assert b.abs().max() > 0
 
 
+def test_enable_raises_torch_recompile_limit(compiled_on):
+    """Past torch's default of 8 compiled shapes per function, dynamo would silently run the rest eagerly
+    (a benchmark's scaling sweep reaches that)."""
+    import torch._dynamo.config as dynamo_config
+
+    limit = getattr(dynamo_config, "recompile_limit", getattr(dynamo_config, "cache_size_limit", None))
+    assert limit >= compiled.RECOMPILE_LIMIT >= 32
+
+
 def test_feature_map_takes_the_compiled_core_only_for_cpu_training(compiled_on, monkeypatch):
     fm = FeatureMap(16, 40)
     q, k, v = _inputs(torch.float32)

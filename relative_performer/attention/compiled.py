@@ -20,7 +20,8 @@ train`` enables it when it trains on the CPU (``--no_compile_attention``, or
 CPU tensors with autograd on; evaluation takes the chunked eager path of
 :func:`relative_performer.attention.favor.attend_in_chunks`, and CUDA the eager one.
 The compiled function gives the eager outputs and gradients up to rounding
-(``tests/test_compiled.py``). Each new input shape compiles once (a few seconds).
+(``tests/test_compiled.py``). Each new input shape compiles once (a few seconds), up to
+``RECOMPILE_LIMIT`` shapes per function (torch's own limit, 8, is raised to it).
 """
 
 from __future__ import annotations
@@ -67,6 +68,19 @@ def _reason(error: Exception) -> str:
     return f"{type(error).__name__}: {message.splitlines()[0][:200] if message else ''}".rstrip(": ")
 
 
+RECOMPILE_LIMIT = 64  # compiled shapes kept per function (torch's default, 8, is soon reached by a benchmark or tests)
+
+
+def _raise_recompile_limit() -> None:
+    """Each input shape (and dtype, and autocast state) is a compiled entry of its own; past torch's limit
+    of 8 per function, further shapes would silently run eagerly. Raised (never lowered) for the process."""
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("recompile_limit", "cache_size_limit"):  # the newer name and the older one
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), RECOMPILE_LIMIT))
+
+
 def _probe() -> None:
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 1, 3, 2, generator=generator).requires_grad_() for _ in range(3))
@@ -88,6 +102,7 @@ def enable() -> bool:
         return False
     # torch's C++ build helper warns that no CUDA runtime is found: irrelevant for these CPU kernels
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    _raise_recompile_limit()
     try:
         _probe()
     except Exception as error:  # torch.compile can fail in many ways (no compiler, unsupported platform)
