@@ -46,13 +46,11 @@ def allowed_by_environment() -> bool:
 
 
 def _core(q: Tensor, k: Tensor, v: Tensor, projection: Tensor, kernel: str) -> Tensor:
-    """The eager FAVOR+ attention, (b, h, n, d) x3 -> (b, h, n, e), returned as a (b, n, h, e) layout
-    (so merging the heads afterwards is a view: the compiled normaliser writes it directly)."""
+    """:func:`relative_performer.attention.favor.favor_attention`, (b, h, n, d) x3 -> (b, h, n, e), returned
+    as a (b, n, h, e) layout (so merging the heads afterwards is a view: the compiled normaliser writes it directly)."""
     from relative_performer.attention import favor
 
-    up_to_scale = favor.KERNELS_UP_TO_SCALE[kernel]
-    out = favor.linear_attention(up_to_scale(q, projection, is_query=True), up_to_scale(k, projection, is_query=False), v)
-    return out.transpose(1, 2).contiguous().transpose(1, 2)
+    return favor.favor_attention(q, k, v, projection, kernel).transpose(1, 2).contiguous().transpose(1, 2)
 
 
 def compiled_function(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:

@@ -183,6 +183,13 @@ def linear_attention(q_features: Tensor, k_features: Tensor, v: Tensor) -> Tenso
     return normalise(out)
 
 
+def favor_attention(q: Tensor, k: Tensor, v: Tensor, projection: Tensor, kernel: str = "softmax") -> Tensor:
+    """FAVOR+ attention (b, h, n, d) x3 -> (b, h, n, e): :func:`linear_attention` of the features of
+    ``projection`` up to the factors that cancel (``KERNELS_UP_TO_SCALE[kernel]``)."""
+    features = KERNELS_UP_TO_SCALE[kernel]
+    return linear_attention(features(q, projection, is_query=True), features(k, projection, is_query=False), v)
+
+
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Exact softmax attention ``softmax(q k^T / sqrt(d)) v`` (the ``--no_projection`` path).
 
@@ -303,7 +310,7 @@ class FeatureMap(nn.Module):
         return self._attend_all(q, k, v)
 
     def _attend_all(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return linear_attention(self.up_to_scale(q, is_query=True), self.up_to_scale(k, is_query=False), v)
+        return favor_attention(q, k, v, self.projection, self.kernel)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, nb_features={self.nb_features}, kernel={self.kernel}, redraw_interval={self.redraw_interval}"
