@@ -103,8 +103,9 @@ def lucidrains_available() -> bool:
     return True
 
 
-def _values_only(self, q, k, v, ctx):
-    return v
+def _values_only(self, qkv, x, ctx):
+    """The floor's attention: the values, split into heads as ``SelfAttention.attend_qkv`` splits them."""
+    return self.split(qkv)[2]
 
 
 def build(row: str) -> nn.Module:
@@ -117,7 +118,7 @@ def build(row: str) -> nn.Module:
         model = create_model(model=REFERENCE, **size)
         for module in model.modules():
             if isinstance(module, SelfAttention):
-                module.attend = types.MethodType(_values_only, module)
+                module.attend_qkv = types.MethodType(_values_only, module)
         return model
     if row == LUCIDRAINS:
         return PerformerPytorchClassifier()

@@ -160,21 +160,32 @@ def _loss_and_grads(model, images):
     return logits.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("name", ["Performer", "RelativePerformer", "ClippedRelativePerformer", "ExactRelativePerformer"])
+COMPILED_FUNCTION = {  # which compiled function each model's layers call
+    "Performer": "_packed_core",  # FAVOR+ from the packed q/k/v projection
+    "RelativePerformer": "_packed_core",  # ... widened by the position channels inside the compiled function
+    "RelativePerformer+content": "_packed_core",
+    "ClippedRelativePerformer": "_core",  # its content heads: FAVOR+ on split heads
+    "ExactRelativePerformer": "separable_attention",
+}
+
+
+@pytest.mark.parametrize("name", list(COMPILED_FUNCTION))
 def test_models_train_alike_compiled_and_eager(name, compiled_on, monkeypatch):
     """Same weights, eval mode (no dropout), float64: logits and every gradient with the compiled cores
     (FAVOR+, and ExactRelativePerformer's separable attention) against eager."""
     from relative_performer.models import create_model
 
     torch.manual_seed(24)
-    model = create_model(model=name, dim=32, depth=2, heads=4, nb_features=24, clipping_dist=3).double().eval()
+    model_name, _, content = name.partition("+")
+    model = create_model(model=model_name, dim=32, depth=2, heads=4, nb_features=24, clipping_dist=3,
+                         content_rel_attn=bool(content)).double().eval()
     images = torch.rand(2, 1, 6, 7, dtype=F64)
     calls = []
     original = compiled.call
     monkeypatch.setattr(compiled, "call", lambda fn, *a: calls.append(fn.__name__) or original(fn, *a))
     fast_logits, fast_grads = _loss_and_grads(model, images)
     assert len(calls) == 2  # one per layer
-    assert set(calls) == ({"separable_attention"} if name == "ExactRelativePerformer" else {"_core"})
+    assert set(calls) == {COMPILED_FUNCTION[name]}
     compiled.disable()
     slow_logits, slow_grads = _loss_and_grads(model, images)
     assert len(calls) == 2  # none with compiled attention off
@@ -182,3 +193,56 @@ def test_models_train_alike_compiled_and_eager(name, compiled_on, monkeypatch):
     assert fast_grads.keys() == slow_grads.keys()
     for key in slow_grads:
         assert (fast_grads[key] - slow_grads[key]).abs().max() <= 1e-9 * max(1.0, slow_grads[key].abs().max().item()), key
+
+
+@pytest.mark.parametrize("widened", [False, True])
+def test_packed_core_matches_split_heads(widened, compiled_on):
+    """``attend_packed`` (the packed projection, optionally widened by strategy 1's channels) against
+    ``FeatureMap.attend`` on the split and widened heads, float64: outputs and the gradients of the packed
+    projection and of the extra channels."""
+    from relative_performer.positional.constrained import widen
+
+    generator = torch.Generator().manual_seed(25)
+    b, n, h, d, e = 2, 13, 3, 8, 4
+    fm = FeatureMap(d + (e if widened else 0), 30).double()
+    qkv = (torch.randn(b, n, 3 * h * d, generator=generator, dtype=F64) * 1.5).requires_grad_()
+    extras = (None, None)
+    if widened:
+        extras = (torch.randn(1, h, n, e, generator=generator, dtype=F64).requires_grad_(),
+                  torch.randn(1, 1, n, e, generator=generator, dtype=F64).requires_grad_())
+    fast = compiled.attend_packed("softmax", qkv, h, fm.projection, *extras)
+    assert fast is not None, compiled.unavailable_reason()
+    q, k, v = qkv.view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)
+    if widened:
+        q, k = widen(q, k, *extras)
+    slow = fm._attend_all(q, k, v)
+    assert fast.shape == slow.shape == (b, h, n, d)
+    assert fast.transpose(1, 2).is_contiguous()  # laid out (b, n, h, e): the head merge is a view
+    assert (fast - slow).abs().max() <= 1e-12
+    inputs = [qkv] + [t for t in extras if t is not None]
+    grad = torch.randn(slow.shape, generator=generator, dtype=F64)
+    for a, c in zip(torch.autograd.grad(fast, inputs, grad), torch.autograd.grad(slow, inputs, grad)):
+        assert (a - c).abs().max() <= 1e-10 * max(1.0, c.abs().max().item())
+        assert c.abs().max() > 0
+
+
+def test_packed_attention_only_for_plain_favor_heads():
+    """``attend_qkv`` bypasses ``attend`` only where ``attend`` is SelfAttention's own: not for softmax heads,
+    a subclass's (clipped) or an instance's replacement. (ExactRelativePerformer's layers replace
+    ``attend_qkv`` itself.)"""
+    import types
+
+    from relative_performer.models import create_model
+    from relative_performer.models.blocks import SelfAttention
+
+    def first_attention(**kwargs):
+        model = create_model(dim=32, depth=1, heads=4, **kwargs)
+        return next(m for m in model.modules() if isinstance(m, SelfAttention))
+
+    assert first_attention(model="Performer").packed_attention()
+    assert first_attention(model="RelativePerformer").packed_attention()
+    assert not first_attention(model="Performer", no_projection=True).packed_attention()
+    assert not first_attention(model="ClippedRelativePerformer").packed_attention()
+    patched = first_attention(model="Performer")
+    patched.attend = types.MethodType(lambda self, q, k, v, ctx: v, patched)
+    assert not patched.packed_attention()

@@ -31,6 +31,7 @@ import os
 from typing import Callable
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 ENV = "RELATIVE_PERFORMER_COMPILE"
@@ -50,6 +51,26 @@ def _core(q: Tensor, k: Tensor, v: Tensor, projection: Tensor, kernel: str) -> T
     as a (b, n, h, e) layout (so merging the heads afterwards is a view: the compiled normaliser writes it directly)."""
     from relative_performer.attention import favor
 
+    return favor.favor_attention(q, k, v, projection, kernel).transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def _packed_core(
+    qkv: Tensor, q_extra: Tensor | None, k_extra: Tensor | None, projection: Tensor, kernel: str, heads: int
+) -> Tensor:
+    """FAVOR+ attention from the packed projection: qkv (b, n, 3 h d) -> (b, h, n, e), laid out (b, n, h, e)
+    as :func:`_core`'s output is.
+
+    Taking the projection whole (not its per-head views) lets the compiled backward write the
+    gradient of ``qkv`` directly, instead of autograd stacking three per-head gradients and copying
+    them into its layout (two passes); strategy 1's widening of queries and keys by ``q_extra``,
+    ``k_extra`` (:func:`relative_performer.positional.constrained.widen`) is compiled with it.
+    """
+    from relative_performer.attention import favor
+    from relative_performer.positional.constrained import widen
+
+    q, k, v = rearrange(qkv, "b n (t h d) -> t b h n d", t=3, h=heads)
+    if q_extra is not None:
+        q, k = widen(q, k, q_extra, k_extra)
     return favor.favor_attention(q, k, v, projection, kernel).transpose(1, 2).contiguous().transpose(1, 2)
 
 
@@ -144,3 +165,11 @@ def call(fn: Callable[..., Tensor], *args) -> Tensor | None:
 def attend(kernel: str, q: Tensor, k: Tensor, v: Tensor, projection: Tensor) -> Tensor | None:
     """FAVOR+ attention compiled (see :func:`_core`), or None if compiling failed."""
     return call(_core, q, k, v, projection, kernel)
+
+
+def attend_packed(
+    kernel: str, qkv: Tensor, heads: int, projection: Tensor, q_extra: Tensor | None = None,
+    k_extra: Tensor | None = None,
+) -> Tensor | None:
+    """FAVOR+ attention compiled from the packed projection (see :func:`_packed_core`), or None if compiling failed."""
+    return call(_packed_core, qkv, q_extra, k_extra, projection, kernel, heads)

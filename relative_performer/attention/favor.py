@@ -131,13 +131,31 @@ def softmax_features_up_to_scale(x: Tensor, projection: Tensor, *, is_query: boo
     gradients with either; this one skips the query norms and two passes over the
     (..., n, m) tensor.
     """
-    logits = _projection_logits(x, projection)
     if is_query:
-        return torch.softmax(logits, dim=-1)
-    half_sq_norm = _half_sq_norm(x)
+        return torch.softmax(_projection_logits(x, projection), dim=-1)
+    exponent = _key_exponent(x, projection)
     with torch.no_grad():
-        stabiliser = (logits.amax(dim=-1, keepdim=True) - half_sq_norm).amax(dim=-2, keepdim=True)
-    return logits.add_(-(half_sq_norm + stabiliser)).exp_()
+        stabiliser = exponent.amax(dim=(-2, -1), keepdim=True)
+    return exponent.sub_(stabiliser).exp_()
+
+
+def _key_exponent(x: Tensor, projection: Tensor) -> Tensor:
+    """``W x' - |x'|^2 / 2`` (..., n, m) as one matrix product, a fresh tensor in float32 (or float64).
+
+    The input is widened by its own ``|x'|^2 / 2`` and the (m, d) matrix by a column of -1:
+    ``[x, |x'|^2 / 2] . [W d**-0.25, -1] = W x' - |x'|^2 / 2``. The product then subtracts the
+    norms, and in the backward pass it also sums the exponent's gradient over the features
+    (the norms' gradient, its last column), which would otherwise take a pass of its own
+    over the (..., n, m) gradient. Under autocast it runs in float32, like
+    :func:`_projection_logits`.
+    """
+    dtype = _float_dtype(x)
+    x = x.to(dtype)
+    with autocast_off(x.device):
+        widened = torch.cat((x, _half_sq_norm(x)), dim=-1)
+        weights = projection.to(dtype) * x.shape[-1] ** -0.25
+        weights = torch.cat((weights, weights.new_full((weights.shape[0], 1), -1.0)), dim=-1)
+        return widened @ weights.T
 
 
 def relu_features(x: Tensor, projection: Tensor, *, is_query: bool, eps: float = 1e-3) -> Tensor:

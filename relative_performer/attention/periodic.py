@@ -182,14 +182,15 @@ class PeriodicRelativeAttention(SelfAttention):
             nn.init.zeros_(self.to_coefficients.weight)
             nn.init.zeros_(self.to_coefficients.bias)
 
-    def forward(self, x: Tensor, ctx: AttentionContext) -> Tensor:
-        q, k, v = self.project(x)
+    def attend_qkv(self, qkv: Tensor, x: Tensor, ctx: AttentionContext) -> Tensor:
+        """(b, n, 3 dim) projected queries, keys and values -> (b, h, n, d); x (b, n, dim) the layer input."""
+        q, k, v = self.split(qkv)
         basis = ctx.position_features  # (n, a, s, 2), zeros for the class token
         u = self.query_coefficients(basis, x)  # (b|1, h, n, a, p)
         psi = axis_basis(basis)  # (n, a, p)
         if self.feature_map is not None and self.to_coefficients is None:
-            return self.merge(self.attend_separable(q, k, v, u[0], psi, ctx.height, ctx.width), x)
-        return self.merge(self.attend_relative(q, k, v, outer_axes(u), outer_axes(psi)), x)
+            return self.attend_separable(q, k, v, u[0], psi, ctx.height, ctx.width)
+        return self.attend_relative(q, k, v, outer_axes(u), outer_axes(psi))
 
     def query_coefficients(self, basis: Tensor, x: Tensor) -> Tensor:
         """u (b|1, h, n, a, p) with ``u_ia . psi_a(p_j) = g_ia(p_ia - p_ja)``; x (b, n, dim) the layer input."""

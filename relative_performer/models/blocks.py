@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from einops import rearrange
 from torch import Tensor, nn
 
+from relative_performer.attention import compiled
 from relative_performer.attention.favor import FeatureMap, softmax_attention
 from relative_performer.models import fused
 from relative_performer.models.config import ModelConfig
 from relative_performer.models.dropout import Dropout
+from relative_performer.positional.constrained import widen
 
 
 @dataclass
@@ -35,6 +37,7 @@ class SelfAttention(nn.Module):
     """Multi-head FAVOR+ self-attention (exact softmax with ``no_projection``).
 
     ``qk_extension`` (strategy 1) widens queries and keys by position features
+    (its ``extras(x, positions)``, see :func:`relative_performer.positional.constrained.widen`)
     before the kernel is applied; the random features are drawn for the widened
     head dim. Attention dropout acts on the attention output, as in
     performer-pytorch (FAVOR+ never forms the attention matrix to drop from).
@@ -55,14 +58,41 @@ class SelfAttention(nn.Module):
         )
 
     def forward(self, x: Tensor, ctx: AttentionContext) -> Tensor:
-        q, k, v = self.project(x)
+        return self.merge(self.attend_qkv(fused.linear(x, self.to_qkv), x, ctx), x)
+
+    def attend_qkv(self, qkv: Tensor, x: Tensor, ctx: AttentionContext) -> Tensor:
+        """(b, n, 3 dim) projected queries, keys and values -> (b, h, n, d) head outputs.
+
+        x (b, n, dim) is the layer input (strategy 1's content-dependent positions read it).
+        Training on the CPU with the compiled attention on, FAVOR+ heads (this class's own
+        :meth:`attend`) take the packed projection whole
+        (:func:`relative_performer.attention.compiled.attend_packed`); otherwise the heads are
+        split, widened by ``qk_extension``, and passed to :meth:`attend`.
+        """
+        extras = (None, None)
         if self.qk_extension is not None:
-            q, k = self.qk_extension(q, k, x, ctx.position_features)
-        return self.merge(self.attend(q, k, v, ctx), x)
+            extras = self.qk_extension.extras(x, ctx.position_features)
+        if self.packed_attention() and compiled.applies(qkv):
+            out = compiled.attend_packed(self.feature_map.kernel, qkv, self.heads, self.feature_map.projection, *extras)
+            if out is not None:
+                return out
+        q, k, v = self.split(qkv)
+        if self.qk_extension is not None:
+            q, k = widen(q, k, *extras)
+        return self.attend(q, k, v, ctx)
+
+    def packed_attention(self) -> bool:
+        """Whether :meth:`attend` is plain FAVOR+ (not softmax, not overridden by a subclass or on the
+        instance), which :meth:`attend_qkv` may then compute from the packed projection."""
+        return self.feature_map is not None and getattr(self.attend, "__func__", None) is SelfAttention.attend
+
+    def split(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(b, n, 3 dim) -> queries, keys, values, each (b, h, n, d) (views)."""
+        return rearrange(qkv, "b n (t h d) -> t b h n d", t=3, h=self.heads)
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(b, n, dim) -> queries, keys, values, each (b, h, n, d)."""
-        return rearrange(fused.linear(x, self.to_qkv), "b n (t h d) -> t b h n d", t=3, h=self.heads)
+        return self.split(fused.linear(x, self.to_qkv))
 
     def merge(self, out: Tensor, x: Tensor) -> Tensor:
         """(b, h, n, d) head outputs -> (b, n, dim) layer output."""

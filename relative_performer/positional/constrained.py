@@ -50,19 +50,31 @@ class ConstrainedRelativeProjection(nn.Module):
         """How many channels each head's queries and keys grow by."""
         return self.block * (2 if self.to_alpha_beta is not None else 1)
 
-    def forward(self, q: Tensor, k: Tensor, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """q, k (b, h, n, d); x (b, n, dim) the layer input; positions (n, a, s, 2), zero for the class token."""
-        b, n = q.shape[0], positions.shape[0]
-        # broadcast views over the batch (and heads): cat reads them without materialising copies
-        q_parts = [rearrange(rotate(positions, self.alpha[:, None], self.beta[:, None]), "h n a s t -> h n (a s t)")
-                   .expand(b, -1, -1, -1)]
-        k_block = positions.reshape(1, 1, n, -1).expand(b, self.heads, -1, -1)
-        k_parts = [k_block]
+    def extras(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """The channels that widen queries and keys: (b or 1, h, n, extra_dim) and (1, 1, n, extra_dim).
+
+        x (b, n, dim) the layer input; positions (n, a, s, 2), zero for the class token. Without
+        ``content_rel_attn`` both are shared by the batch (and the key block by the heads): broadcast
+        them with :func:`widen`, which reads them without materialising copies.
+        """
+        n = positions.shape[0]
+        q_extra = rearrange(rotate(positions, self.alpha[:, None], self.beta[:, None]), "h n a s t -> 1 h n (a s t)")
+        k_extra = positions.reshape(1, 1, n, -1)
         if self.to_alpha_beta is not None:
             alpha, beta = rearrange(self.to_alpha_beta(x), "b n (h a s t) -> t b h n a s", h=self.heads, t=2,
                                     a=positions.shape[1])
-            q_parts.append(rearrange(rotate(positions, alpha, beta), "b h n a s t -> b h n (a s t)"))
-            k_parts.append(k_block)
-        q = torch.cat([q, *[p.to(q.dtype) for p in q_parts]], dim=-1)
-        k = torch.cat([k, *[p.to(k.dtype) for p in k_parts]], dim=-1)
-        return q, k
+            content = rearrange(rotate(positions, alpha, beta), "b h n a s t -> b h n (a s t)")
+            q_extra = torch.cat((q_extra.expand(content.shape[0], -1, -1, -1).to(content.dtype), content), dim=-1)
+            k_extra = torch.cat((k_extra, k_extra), dim=-1)
+        return q_extra, k_extra
+
+    def forward(self, q: Tensor, k: Tensor, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """q, k (b, h, n, d) widened to (b, h, n, d + extra_dim); x, positions as in :meth:`extras`."""
+        return widen(q, k, *self.extras(x, positions))
+
+
+def widen(q: Tensor, k: Tensor, q_extra: Tensor, k_extra: Tensor) -> tuple[Tensor, Tensor]:
+    """q, k (b, h, n, d) and extras broadcastable to (b, h, n, e) -> (b, h, n, d + e) each, in q's and k's dtypes."""
+    q = torch.cat((q, q_extra.to(q.dtype).expand(*q.shape[:-1], -1)), dim=-1)
+    k = torch.cat((k, k_extra.to(k.dtype).expand(*k.shape[:-1], -1)), dim=-1)
+    return q, k
