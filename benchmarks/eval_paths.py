@@ -11,9 +11,10 @@ performer-pytorch (when installed) is timed in the same rounds for the ratio the
 issue asks about.
 
 ``--training-core`` also times one layer's FAVOR+ core for training (the benchmark's sizes:
-16 samples, 4 heads, 1025 tokens, head dim 32), forward and backward: eager on the whole
-batch, eager in chunks of 8, 4, 2 and 1 samples (why training does not chunk), and the
-``torch.compile``'d core that ``relative-performer train`` uses on the CPU.
+16 samples, 4 heads, 1025 tokens, head dim 32), forward and backward (every variant ends with the
+gradient of the packed q/k/v projection): eager on the whole batch, eager in chunks of 8, 4, 2
+and 1 samples (why training does not chunk), the ``torch.compile``'d core on the split heads, and
+the compiled core from the packed projection that ``relative-performer train`` uses on the CPU.
 """
 
 from __future__ import annotations
@@ -58,13 +59,15 @@ def training_core(repeats: int) -> None:
         start = time.perf_counter()
         if variant == "compiled":
             out = compiled.attend(feature_map.kernel, q, k, v, feature_map.projection)
+        elif variant == "packed":
+            out = compiled.attend_packed(feature_map.kernel, qkv, h, feature_map.projection)
         else:
             out = torch.cat([feature_map._attend_all(q[i : i + variant], k[i : i + variant], v[i : i + variant])
                              for i in range(0, b, variant)])
         out.backward(grad)
         return time.perf_counter() - start
 
-    variants = [b, 8, 4, 2, 1] + (["compiled"] if can_compile else [])
+    variants = [b, 8, 4, 2, 1] + (["compiled", "packed"] if can_compile else [])
     times = {c: [] for c in variants}
     for c in variants * 2:  # warm-up (and the compile)
         step(c)
@@ -74,8 +77,8 @@ def training_core(repeats: int) -> None:
         for c in variants:
             times[c].append(step(c))
     print(f"\none layer's FAVOR+ core, forward + backward, {b} x {h} x {n} tokens, head dim {d}, medians of {repeats}:")
-    names = {b: "eager, whole batch", "compiled": "compiled (torch.compile)"}
-    for c in [b, 8, 4, 2, 1, "compiled"]:
+    names = {b: "eager, whole batch", "compiled": "compiled, split heads", "packed": "compiled, packed q/k/v"}
+    for c in [b, 8, 4, 2, 1, "compiled", "packed"]:
         if c in times:
             print(f"  {names.get(c, f'eager, chunks of {c}'):26s} {statistics.median(times[c]) * 1e3:7.1f} ms")
     if not can_compile:

@@ -353,3 +353,34 @@ def test_linear_memory_check_catches_quadratic_attention(monkeypatch):
     monkeypatch.setattr(SelfAttention, "attend", quadratic_attend)
     mode = largest_tensor(model, torch.empty(1, 1, SIDE, SIDE, device="meta"))
     assert mode.numel >= LIMIT, f"a model with quadratic attention not caught: largest {mode.where}"
+
+
+def test_a_new_attention_builds_on_self_attention(monkeypatch):
+    """The README's recipe: subclass SelfAttention, override ``attend``, register a positional component
+    that builds it. The override runs in training too, also with the compiled attention on (the packed
+    path is SelfAttention's own), and the model trains like the registered ones."""
+    from relative_performer.attention import compiled
+    from relative_performer.models import registry
+    from relative_performer.positional.components import PositionalComponent
+
+    calls = []
+
+    class MeanOfValues(SelfAttention):
+        def attend(self, q, k, v, ctx):
+            calls.append(q.shape)
+            return v.mean(dim=-2, keepdim=True).expand_as(v)
+
+    class MeanPositions(PositionalComponent):
+        def attention(self):
+            return MeanOfValues(self.cfg)
+
+    monkeypatch.setattr(registry, "MODELS", dict(registry.MODELS))
+    monkeypatch.setattr(compiled, "_enabled", True)  # as when training on the CPU (no compile happens here)
+    registry.register_model("MeanPerformer", MeanPositions, (), "values averaged over the tokens")
+    model = registry.create_model(model="MeanPerformer", **SMALL).train()
+    out = model(images())
+    out.sum().backward()
+    assert len(calls) == SMALL["depth"] and calls[0] == (3, 4, H * W + 1, 8)
+    assert all(p.grad is not None for name, p in model.named_parameters() if "to_out" in name or "to_qkv.bias" in name)
+    with pytest.raises(UserError, match="MeanPerformer"):
+        registry.get_spec("MeanPerformr")
