@@ -4,11 +4,14 @@ The attention core (features of queries and keys, the two products, the normalis
 spends most of its time in elementwise passes over (b, h, n, m) feature tensors and
 in autograd's bookkeeping between them. Compiled by TorchInductor, the passes of the
 forward and of the backward are fused into a few loops (the matrix products stay
-oneDNN/MKL calls): one layer's core, forward and backward, 80 ms eager against 61 ms
-compiled at batch 16, 32 x 32 images, head dim 32 on a 2-core Xeon (``python
+oneDNN/MKL calls): one layer's core, forward and backward, 83 ms eager against 62 ms
+compiled on split heads (:func:`attend`) and 57 ms compiled from the packed q/k/v
+projection (:func:`attend_packed`, whose backward writes the projection's gradient
+directly), at batch 16, 32 x 32 images, head dim 32 on a 2-core Xeon (``python
 benchmarks/eval_paths.py --training-core``; ``benchmarks/results/cpu-2core/eval_paths.log``).
-Only the cores are compiled (this one,
-used by every model's FAVOR+ heads, and ExactRelativePerformer's
+Only the cores are compiled (these two: the packed one for plain FAVOR+ layers, see
+``SelfAttention.attend_qkv``, the split one for ClippedRelativePerformer's content heads;
+and ExactRelativePerformer's
 :func:`relative_performer.attention.periodic.separable_attention`): compiling the whole
 model was slower (its dropout, in particular).
 
