@@ -68,13 +68,12 @@ def _packed_core(
     them into its layout (two passes); strategy 1's widening of queries and keys by ``q_extra``,
     ``k_extra`` (:func:`relative_performer.positional.constrained.widen`) is compiled with it.
     """
-    from relative_performer.attention import favor
     from relative_performer.positional.constrained import widen
 
     q, k, v = rearrange(qkv, "b n (t h d) -> t b h n d", t=3, h=heads)
     if q_extra is not None:
         q, k = widen(q, k, q_extra, k_extra)
-    return favor.favor_attention(q, k, v, projection, kernel).transpose(1, 2).contiguous().transpose(1, 2)
+    return _core(q, k, v, projection, kernel)
 
 
 def compiled_function(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:

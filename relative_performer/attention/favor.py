@@ -83,7 +83,12 @@ def _projection_logits(x: Tensor, projection: Tensor) -> Tensor:
     # contiguous: a (b, h, n, d) view of the qkv projection would make matmul fall back to a slower bmm
     x = x.to(dtype).contiguous()
     with autocast_off(x.device):
-        return x @ (projection.to(dtype) * x.shape[-1] ** -0.25).T
+        return x @ _scaled_projection(projection, x).T
+
+
+def _scaled_projection(projection: Tensor, x: Tensor) -> Tensor:
+    """``W d**-0.25`` (m, d) in x's dtype: the scale of ``x' = x d**-0.25`` folded into the small matrix."""
+    return projection.to(x.dtype) * x.shape[-1] ** -0.25
 
 
 def _half_sq_norm(x: Tensor) -> Tensor:
@@ -153,7 +158,7 @@ def _key_exponent(x: Tensor, projection: Tensor) -> Tensor:
     x = x.to(dtype)
     with autocast_off(x.device):
         widened = torch.cat((x, _half_sq_norm(x)), dim=-1)
-        weights = projection.to(dtype) * x.shape[-1] ** -0.25
+        weights = _scaled_projection(projection, x)
         weights = torch.cat((weights, weights.new_full((weights.shape[0], 1), -1.0)), dim=-1)
         return widened @ weights.T
 
