@@ -68,6 +68,7 @@ from relative_performer.positional.sinusoid import LearnableSinusoidEncoding
 DIM, DEPTH, HEADS, BATCH, SIDE = 128, 4, 4, 16, 32
 SOFTMAX, FLOOR, LUCIDRAINS = "softmax-SDPA", "floor", "performer-pytorch"
 REFERENCE = "Performer"  # the row every ratio is taken against
+NB_FEATURES: int | None = None  # --nb_features: random features per head of every registered model (None: each model's default)
 
 
 # --------------------------------------------------------------------------- rows
@@ -122,6 +123,8 @@ def build(row: str) -> nn.Module:
         return model
     if row == LUCIDRAINS:
         return PerformerPytorchClassifier()
+    if NB_FEATURES is not None:
+        size["nb_features"] = NB_FEATURES
     return create_model(model=row, **size)
 
 
@@ -229,8 +232,10 @@ def _status_mb(field: str) -> float:
 
 def probe_main(spec: str) -> None:
     """Subprocess entry: one (row, side, batch, mode, precision); prints the peak RSS increase in MB."""
+    global NB_FEATURES
     args = json.loads(spec)
     torch.set_num_threads(args["threads"])
+    NB_FEATURES = args["nb_features"]
     runner = Runner(args["row"], args["side"], args["batch"], torch.device("cpu"))
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
@@ -243,7 +248,8 @@ def probe_main(spec: str) -> None:
 
 
 def cpu_peak_mb(row: str, side: int, batch: int, mode: str, precision: str, threads: int) -> float:
-    spec = json.dumps(dict(row=row, side=side, batch=batch, mode=mode, precision=precision, threads=threads))
+    spec = json.dumps(dict(row=row, side=side, batch=batch, mode=mode, precision=precision, threads=threads,
+                           nb_features=NB_FEATURES))
     result = subprocess.run([sys.executable, __file__, "--_probe", spec], capture_output=True, text=True)
     if result.returncode != 0:
         print(f"  memory probe failed for {row} {side} {mode} {precision}: {result.stderr.strip()[-300:]}")
@@ -464,8 +470,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile-attention", choices=("on", "off"), default="on",
                         help="on: our models train with the torch.compile'd FAVOR+ core on the CPU, as "
                         "`relative-performer train` does (default); off: eager")
+    parser.add_argument("--nb_features", type=int, help="random features per attention head for every registered "
+                        "model (default: each model's own, int(d ln d) of its attention head dim d; RelativePerformer's "
+                        "heads are widened by its position features)")
     parser.add_argument("--_probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global NB_FEATURES
+    if args.nb_features is not None and args.nb_features < 1:
+        parser.error("--nb_features must be a positive number of random features")
+    NB_FEATURES = args.nb_features
     if args.malloc == "keep":
         keep_freed_memory()
     else:
@@ -488,6 +501,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     env = environment(device, args.threads)
     env["compiled_attention"] = args.compile_attention == "on" and device.type == "cpu" and compiled.enable()
+    if NB_FEATURES is not None:
+        env["nb_features"] = NB_FEATURES
     if args.compile_attention == "on" and device.type == "cpu" and not env["compiled_attention"]:
         print(f"note: torch.compile does not work here ({compiled.unavailable_reason()}): eager attention")
     print(f"relative-performer benchmark: {json.dumps(env)}")
