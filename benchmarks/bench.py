@@ -540,6 +540,8 @@ def main(argv: list[str] | None = None) -> None:
 
     checks = targets(table, scaling)
     print("\ntargets (judged on medians; 'best' = the same ratio from each row's fastest round):")
+    if NB_FEATURES is not None:
+        print(f"  (--nb_features {NB_FEATURES}: the models are not the defaults the targets are about)")
     for text, value, best, target, ok in checks:
         best_text = "" if math.isnan(best) else f", best {best:.2f}"
         print(f"  [{'met' if ok else 'MISSED'}] {text}: {value:.2f}{best_text} (target {target})")
