@@ -6,13 +6,13 @@
 Under bf16 autocast our FAVOR+ core runs its matrix products and its normaliser in float32
 (``attention/favor.py``), so on the CPU the attention costs about as much in bf16 as in fp32
 and a Performer training step gains ~1.4x where the attention-free floor gains ~1.65x. This
-script measures the alternative: a core whose six forward and eight backward products run in
-bf16 (AMX on Xeons that have it; float32 accumulation, bf16 outputs), with float32 kept for the
-exponentials, the key stabiliser, the normaliser and the division. Autograd through such a mix
-saves fp32 and bf16 copies of the (b, h, n, m) features, so the core here is a
-``torch.autograd.Function`` with a hand-written backward that recomputes the features (both
-halves ``torch.compile``'d, from the packed q/k/v projection as ``SelfAttention.attend_qkv``
-passes it). It is not used by the package; it prints
+script measures the alternative: a core whose four forward and eight backward products (two of
+them recomputing the features) run in bf16 (AMX on Xeons that have it; float32 accumulation,
+bf16 outputs), with float32 kept for the exponentials, the key stabiliser, the normaliser and
+the division. Autograd through such a mix saves fp32 and bf16 copies of the (b, h, n, m)
+features, so the core here is a ``torch.autograd.Function`` with a hand-written backward that
+recomputes the features (both halves ``torch.compile``'d, from the packed q/k/v projection as
+``SelfAttention.attend_qkv`` passes it). It is not used by the package; it prints
 
 1. errors against a float64 reference of the output and of the projection's gradient, for the
    package's core on bf16 inputs, this core in bf16, and this core in float32 (which checks the
@@ -165,8 +165,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"   {name:28s} output {error_out:.1e}  gradient {error_grad:.1e}")
 
     def core_step(core, dtype):
+        inputs = qkv0.to(dtype)  # cast once, outside the timed step
+
         def step():
-            qkv = qkv0.to(dtype).requires_grad_()
+            qkv = inputs.detach().requires_grad_()
             out = core(qkv)
             out.backward(grad0.to(out.dtype))
         return step
