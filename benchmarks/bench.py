@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import json
 import math
 import os
@@ -205,19 +206,26 @@ def working_runners(keys: list, make, precisions: list[str]) -> dict:
     return runners
 
 
-def interleaved_times(runners: dict, jobs: list[tuple], warmup: int, repeats: int, seed: int = 0) -> dict:
-    """jobs: (key, runner key, mode, precision). Warm-up, then `repeats` shuffled rounds; seconds per job."""
+def interleaved(jobs: dict, warmup: int, repeats: int, seed: int = 0) -> dict:
+    """jobs: key -> callable that runs once and returns its seconds. Warm-up rounds, then `repeats`
+    rounds in a freshly shuffled order each; the seconds of every round per key."""
     for _ in range(warmup):
-        for key, runner, mode, precision in jobs:
-            runners[runner].time(mode, precision)
-    times = {job[0]: [] for job in jobs}
+        for job in jobs.values():
+            job()
+    times = {key: [] for key in jobs}
     rng = random.Random(seed)
     for _ in range(repeats):
         order = list(jobs)
         rng.shuffle(order)
-        for key, runner, mode, precision in order:
-            times[key].append(runners[runner].time(mode, precision))
+        for key in order:
+            times[key].append(jobs[key]())
     return times
+
+
+def interleaved_times(runners: dict, jobs: list[tuple], warmup: int, repeats: int, seed: int = 0) -> dict:
+    """jobs: (key, runner key, mode, precision); :func:`interleaved` over the runners' timed steps."""
+    return interleaved({key: functools.partial(runners[runner].time, mode, precision)
+                        for key, runner, mode, precision in jobs}, warmup, repeats, seed)
 
 
 # --------------------------------------------------------------------------- CPU memory probe

@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import random
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from einops import rearrange
@@ -49,22 +49,23 @@ def _heads(qkv: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(t.contiguous() for t in rearrange(qkv, "b n (t h d) -> t b h n d", t=3, h=heads))
 
 
-def _features(q: Tensor, k: Tensor, projection: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Query features (softmax over m, float32) and the keys' exponent ``W k' - |k'|^2/2`` (float32), and
-    the projection in q's dtype; the two projections are products in q's dtype (bf16 under test)."""
+def _features(q: Tensor, k: Tensor, projection: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Query features (softmax over m, float32), the keys' exponent ``W k' - |k'|^2/2`` (float32), the
+    scaled projection in q's dtype and the keys in float32; the two projections are products in q's
+    dtype (bf16 under test)."""
     d = q.shape[-1]
     weights = (projection * d**-0.25).to(q.dtype)
     q_features = torch.softmax((q @ weights.T).float(), dim=-1)
     k32 = k.float()
     exponent = (k @ weights.T).float() - (k32 * k32).sum(-1, keepdim=True) * (0.5 / math.sqrt(d))
-    return q_features, exponent, weights
+    return q_features, exponent, weights, k32
 
 
 def core_forward(qkv: Tensor, projection: Tensor, heads: int):
     """(b, n, 3 h d) -> output (b, h, n, e) laid out (b, n, h, e), plus what the backward keeps."""
     q, k, v = _heads(qkv, heads)
     low = qkv.dtype
-    q_features, exponent, _ = _features(q, k, projection)
+    q_features, exponent, _, _ = _features(q, k, projection)
     stabiliser = exponent.amax(dim=(-2, -1), keepdim=True)
     k_features = (exponent - stabiliser).exp()
     k_sum = k_features.sum(-2, keepdim=True)  # (b, h, 1, m) float32
@@ -79,7 +80,7 @@ def core_backward(qkv, projection, heads: int, grad, out, normaliser, stabiliser
     """The gradient of the packed projection, the features recomputed."""
     q, k, v = _heads(qkv, heads)
     low, d = qkv.dtype, q.shape[-1]
-    q_features, exponent, weights = _features(q, k, projection)
+    q_features, exponent, weights, k32 = _features(q, k, projection)
     k_features = (exponent - stabiliser).exp()
     grad = grad.float()
     grad_numerator = grad / normaliser
@@ -91,7 +92,6 @@ def core_backward(qkv, projection, heads: int, grad, out, normaliser, stabiliser
     grad_q = grad_q_logits.to(low) @ weights
     grad_exponent = ((v @ grad_context).float() + grad_k_sum) * k_features
     grad_v = k_features.to(low) @ grad_context.transpose(-1, -2)
-    k32 = k.float()
     grad_k = (grad_exponent.to(low) @ weights).float() - grad_exponent.sum(-1, keepdim=True) * k32 / math.sqrt(d)
     return rearrange(torch.stack((grad_q.float(), grad_k, grad_v.float())), "t b h n d -> b n (t h d)").to(low)
 
@@ -112,20 +112,18 @@ class LowPrecisionProducts(torch.autograd.Function):
         return LowPrecisionProducts.backward_fn(qkv, projection, ctx.heads, grad, *kept), None, None
 
 
-def interleaved(jobs: dict, repeats: int, warmup: int = 2) -> dict:
-    """Median seconds of each job, after warm-up, over shuffled rounds."""
-    names = list(jobs)
-    for _ in range(warmup):
-        for name in names:
-            jobs[name]()
-    times = {name: [] for name in names}
-    order = random.Random(0)
-    for _ in range(repeats):
-        order.shuffle(names)
-        for name in names:
-            start = time.perf_counter()
-            jobs[name]()
-            times[name].append(time.perf_counter() - start)
+def timed(step: Callable[[], None]) -> Callable[[], float]:
+    """``step`` as a job of :func:`bench.interleaved`: runs it once, returns its seconds."""
+    def job() -> float:
+        start = time.perf_counter()
+        step()
+        return time.perf_counter() - start
+    return job
+
+
+def medians(jobs: dict, repeats: int) -> dict:
+    """Median seconds of each step, interleaved (:func:`bench.interleaved`, 2 warm-up rounds)."""
+    times = bench.interleaved({name: timed(step) for name, step in jobs.items()}, 2, repeats)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -173,12 +171,12 @@ def main(argv: list[str] | None = None) -> None:
             out.backward(grad0.to(out.dtype))
         return step
 
-    medians = interleaved({"package core, fp32": core_step(package_core, torch.float32),
+    seconds = medians({"package core, fp32": core_step(package_core, torch.float32),
                            "package core, bf16 inputs": core_step(package_core, torch.bfloat16),
                            "bf16 products": core_step(this_core, torch.bfloat16)}, args.repeats)
     print(f"\n2. one layer's core, forward + backward, medians of {args.repeats}:")
-    for name, seconds in medians.items():
-        print(f"   {name:28s} {seconds * 1e3:6.1f} ms")
+    for name, median in seconds.items():
+        print(f"   {name:28s} {median * 1e3:6.1f} ms")
 
     package_attend_packed = compiled.attend_packed
     use_this_core = [False]
@@ -198,18 +196,18 @@ def main(argv: list[str] | None = None) -> None:
             runner.train_step(precision)
         return step
 
-    medians = interleaved({"Performer fp32": train(performer, "fp32", False),
+    seconds = medians({"Performer fp32": train(performer, "fp32", False),
                            "Performer bf16 (package)": train(performer, "bf16", False),
                            "Performer bf16 products": train(performer, "bf16", True),
                            "floor fp32": train(floor, "fp32", False),
                            "floor bf16": train(floor, "bf16", False)}, args.repeats)
     print(f"\n3. training steps (batch {b}, {bench.SIDE}x{bench.SIDE}), medians of {args.repeats} interleaved rounds:")
-    for name, seconds in medians.items():
-        print(f"   {name:28s} {seconds * 1e3:6.0f} ms")
-    fp32 = medians["Performer fp32"]
-    print(f"   speed-up over fp32: package bf16 {fp32 / medians['Performer bf16 (package)']:.2f}x, "
-          f"bf16 products {fp32 / medians['Performer bf16 products']:.2f}x, "
-          f"floor {medians['floor fp32'] / medians['floor bf16']:.2f}x")
+    for name, median in seconds.items():
+        print(f"   {name:28s} {median * 1e3:6.0f} ms")
+    fp32 = seconds["Performer fp32"]
+    print(f"   speed-up over fp32: package bf16 {fp32 / seconds['Performer bf16 (package)']:.2f}x, "
+          f"bf16 products {fp32 / seconds['Performer bf16 products']:.2f}x, "
+          f"floor {seconds['floor fp32'] / seconds['floor bf16']:.2f}x")
 
 
 if __name__ == "__main__":
