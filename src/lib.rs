@@ -1,1 +1,19 @@
-//! facade
+//! # relative-performer
+//!
+//! Translation-equivariant kernelized (Performer, FAVOR+) attention on
+//! images, after *Translational Equivariance in Kernelizable Attention*
+//! (Horn et al., [arXiv 2102.07680](https://arxiv.org/abs/2102.07680)), in
+//! Rust on [Burn](https://burn.dev) 0.21.
+//!
+//! This is the workspace's facade: it re-exports the library crates, which
+//! can also be used one by one, and picks a Burn backend at run time among
+//! those compiled in ([`backend`]). The crates:
+//!
+//! | crate | what it is for |
+//! |---|---|
+//! | [`relperf_data`] (re-exported as [`data`]) | MNIST, FashionMNIST, CIFAR-10: readers, checked downloads, offline sources, the reference's exact pixels, split, shifted test images, a Burn batcher |
+#![warn(missing_docs)]
+
+pub use relperf_data as data;
+
+pub mod backend;

@@ -68,10 +68,10 @@ fn parse_header(
         ));
     }
     let nd = bytes[3] as usize;
-    if let Some(want) = ndim {
-        if nd != want {
-            return Err(format!("has {nd} dimensions, {want} expected"));
-        }
+    if let Some(want) = ndim
+        && nd != want
+    {
+        return Err(format!("has {nd} dimensions, {want} expected"));
     }
     let header = 4 + 4 * nd;
     if bytes.len() < header {

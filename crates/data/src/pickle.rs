@@ -409,7 +409,7 @@ impl Machine<'_> {
 }
 
 fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>, String> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err("odd number of dict items in pickle".into());
     }
     let mut it = items.into_iter();
@@ -463,10 +463,10 @@ fn reduce(func: Value, args: Value) -> Result<Value, String> {
 fn build(obj: &mut Value, state: Value) -> Result<(), String> {
     match obj {
         Value::Dtype { order, .. } => {
-            if let Value::Tuple(s) = &state {
-                if let Some(o) = s.get(1).and_then(string_of).and_then(|o| o.chars().next()) {
-                    *order = o;
-                }
+            if let Value::Tuple(s) = &state
+                && let Some(o) = s.get(1).and_then(string_of).and_then(|o| o.chars().next())
+            {
+                *order = o;
             }
             Ok(())
         }

