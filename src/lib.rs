@@ -12,8 +12,10 @@
 //! | crate | what it is for |
 //! |---|---|
 //! | [`relperf_data`] (re-exported as [`data`]) | MNIST, FashionMNIST, CIFAR-10: readers, checked downloads, offline sources, the reference's exact pixels, split, shifted test images, a Burn batcher |
+//! | [`relperf_favor`] (re-exported as [`favor`]) | FAVOR+ attention: orthogonal random features drawn on the host, positive softmax and ReLU feature maps, linear attention, the exact softmax reference |
 #![warn(missing_docs)]
 
 pub use relperf_data as data;
+pub use relperf_favor as favor;
 
 pub mod backend;
