@@ -19,7 +19,7 @@
 //! ```
 //!
 //! Modules, in the order data flows: [`sources`] (layout, fetch routes,
-//! raw readers) with [`idx`] and [`pickle`]; [`verify`]; [`resize`] and
+//! raw readers) with [`idx`] and [`pickle`]; [`mod@verify`]; [`resize`] and
 //! [`images`] (model-size bytes and their float normalisation); [`split`];
 //! [`shift`]; [`batch`] (Burn `Dataset` and `Batcher`).
 #![warn(missing_docs)]

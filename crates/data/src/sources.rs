@@ -311,7 +311,7 @@ impl Fetcher {
 
     /// Makes sure the raw files of `dataset` are in the data folder, by the
     /// first route that works (see the module docs), and checks what it
-    /// wrote. Run [`crate::verify`] for the full check.
+    /// wrote. Run [`crate::verify::verify`] for the full check.
     pub fn fetch(&self, dataset: DatasetName) -> Result<FetchReport> {
         let (folder, route) = match dataset {
             DatasetName::Cifar10 => self.fetch_cifar()?,
@@ -1000,7 +1000,7 @@ fn read_cifar_py(folder: &Path, split: Split) -> Result<RawImages> {
     })
 }
 
-/// The MD5 table used by [`crate::verify`] for a folder of raw files:
+/// The MD5 table used by [`crate::verify::verify`] for a folder of raw files:
 /// `(file, md5)` pairs (empty for CIFAR-10's binary batches, whose archive
 /// MD5 is checked when it is downloaded).
 pub(crate) fn official_md5s(root: &Path, dataset: DatasetName) -> (PathBuf, Vec<(String, String)>) {

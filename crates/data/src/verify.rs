@@ -7,7 +7,7 @@ use crate::idx::check_idx_size;
 use crate::names::{DatasetName, Split};
 use crate::sources::{self, IDX_FILES, idx_folder, ndim_of, read_raw};
 
-/// What [`verify`] found.
+/// What [`verify()`] found.
 #[derive(Debug, Clone)]
 pub struct VerifyReport {
     /// The dataset.
