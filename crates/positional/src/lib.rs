@@ -12,6 +12,9 @@
 //! | strategy 2: learned keys over clipped Manhattan distances, in linear time (section 3.2) | `ClippedRelativePerformer` | [`clipped::RelativeKeys`], [`clipped::clipped_attention`] |
 //! | exactly relative periodic factor, for every feature draw (ours) | `ExactRelativePerformer` | [`periodic::PeriodicFactor`] |
 //!
+//! An attention layer takes any of them through one interface,
+//! [`strategy::LayerStrategy`] (its docs show how to add a sixth).
+//!
 //! Tokens are the class token followed by the pixels, row-major; height and
 //! width are separate everywhere (images need not be square). Generic over
 //! `B: Backend`; the crate turns on no backend.
@@ -22,3 +25,6 @@ pub mod constrained;
 pub mod grid;
 pub mod periodic;
 pub mod sinusoid;
+pub mod strategy;
+
+pub use strategy::{AttentionInput, ContentOnly, LayerStrategy};
