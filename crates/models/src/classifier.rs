@@ -1,0 +1,423 @@
+//! The image classifier all models share: pixels as tokens, a learned class
+//! token, pre-norm blocks whose attention takes the model's positional
+//! strategy, the class token's output into a linear head.
+//!
+//! Tokens are the class token followed by the `height x width` pixels in
+//! row-major order; positions are computed from each batch's image size, so a
+//! model runs on images of any height and width.
+
+use burn::module::{Param, ParamId};
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Gelu, LayerNorm, LayerNormConfig, Linear,
+    LinearConfig,
+};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use relperf_favor::draw::Gaussian;
+use relperf_favor::{FeatureMap, FeatureMapConfig};
+use relperf_positional::clipped::{RelativeKeys, RelativeKeysConfig};
+use relperf_positional::constrained::{ConstrainedProjection, ConstrainedProjectionConfig};
+use relperf_positional::grid::with_class_token;
+use relperf_positional::periodic::{PeriodicFactor, PeriodicFactorConfig};
+use relperf_positional::sinusoid::{
+    AbsoluteSinusoid, AbsoluteSinusoidConfig, GridSinusoid, GridSinusoidConfig,
+};
+use relperf_positional::{AttentionInput, ContentOnly, LayerStrategy};
+
+use crate::config::{EmbeddingType, ModelConfig};
+use crate::error::ModelError;
+use crate::registry::ModelKind;
+
+/// A two-layer pixel embedding: `Linear`, GELU, `Linear`.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    /// `channels -> dim`.
+    pub first: Linear<B>,
+    /// `dim -> dim`.
+    pub second: Linear<B>,
+}
+
+/// How pixel values become token embeddings (`embedding_type`).
+// one per model: the size difference of the variants costs nothing
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum ContentEmbedding<B: Backend> {
+    /// `Linear(channels, dim)`.
+    Linear(Linear<B>),
+    /// [`Mlp`].
+    Mlp(Mlp<B>),
+    /// `Embedding(256 * channels, dim)`, summed over channels.
+    Lookup(Embedding<B>),
+}
+
+/// The positional strategy of one attention layer, as the registry builds
+/// it. A sixth strategy adds a variant here and an arm in
+/// [`ModelConfig::init`]; the blocks do not change.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum LayerPositions<B: Backend> {
+    /// Content only (`Performer`, `NoposPerformer`).
+    Content(ContentOnly),
+    /// Strategy 1.
+    Constrained(ConstrainedProjection<B>),
+    /// Strategy 2.
+    Clipped(RelativeKeys<B>),
+    /// The exact periodic factor.
+    Periodic(PeriodicFactor<B>),
+}
+
+impl<B: Backend> LayerStrategy<B> for LayerPositions<B> {
+    fn qk_extra_dim(&self) -> usize {
+        match self {
+            LayerPositions::Content(s) => LayerStrategy::<B>::qk_extra_dim(s),
+            LayerPositions::Constrained(s) => s.qk_extra_dim(),
+            LayerPositions::Clipped(s) => s.qk_extra_dim(),
+            LayerPositions::Periodic(s) => s.qk_extra_dim(),
+        }
+    }
+
+    fn attend(&self, input: AttentionInput<B>, features: Option<&FeatureMap<B>>) -> Tensor<B, 4> {
+        match self {
+            LayerPositions::Content(s) => s.attend(input, features),
+            LayerPositions::Constrained(s) => s.attend(input, features),
+            LayerPositions::Clipped(s) => s.attend(input, features),
+            LayerPositions::Periodic(s) => s.attend(input, features),
+        }
+    }
+}
+
+/// Multi-head self-attention with a positional strategy: FAVOR+ (or exact
+/// softmax with `no_projection`).
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// `dim -> 3 dim`, packed `(t h d)`: q of heads 0..h, then k, then v.
+    pub to_qkv: Linear<B>,
+    /// `dim -> dim`.
+    pub to_out: Linear<B>,
+    /// The layer's random features (`None`: exact softmax attention).
+    pub features: Option<FeatureMap<B>>,
+    /// The layer's positional strategy.
+    pub positions: LayerPositions<B>,
+    /// On the attention output (FAVOR+ never forms the attention matrix to
+    /// drop from), as in performer-pytorch.
+    pub dropout: Dropout,
+    heads: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    /// `x [b, n, dim]` (normed) -> `[b, n, dim]`.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        height: usize,
+        width: usize,
+        positions: Option<Tensor<B, 4>>,
+    ) -> Tensor<B, 3> {
+        let [b, n, dim] = x.dims();
+        let (h, d) = (self.heads, dim / self.heads);
+        let qkv = self
+            .to_qkv
+            .forward(x.clone())
+            .reshape([b, n, 3, h, d])
+            .permute([2, 0, 3, 1, 4]);
+        let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([b, h, n, d]);
+        let input = AttentionInput {
+            q: part(0),
+            k: part(1),
+            v: part(2),
+            x,
+            height,
+            width,
+            positions,
+        };
+        let out = self.positions.attend(input, self.features.as_ref());
+        self.dropout.forward(
+            self.to_out
+                .forward(out.swap_dims(1, 2).reshape([b, n, dim])),
+        )
+    }
+}
+
+/// Pre-norm block: `x + attn(norm(x))`, then `x + ff(norm(x))` with the
+/// feed-forward `Linear, GELU, Dropout, Linear` and dropout after it (the
+/// reference applies `ff_dropout` twice).
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    /// Before the attention.
+    pub attn_norm: LayerNorm<B>,
+    /// The attention.
+    pub attn: Attention<B>,
+    /// Before the feed-forward.
+    pub ff_norm: LayerNorm<B>,
+    /// `dim -> ff_mult dim`.
+    pub ff_up: Linear<B>,
+    /// `ff_mult dim -> dim`.
+    pub ff_down: Linear<B>,
+    /// Inside and after the feed-forward.
+    pub ff_dropout: Dropout,
+    gelu: Gelu,
+}
+
+impl<B: Backend> Block<B> {
+    /// `[b, n, dim]` -> `[b, n, dim]`.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        height: usize,
+        width: usize,
+        positions: Option<Tensor<B, 4>>,
+    ) -> Tensor<B, 3> {
+        let x = x.clone()
+            + self
+                .attn
+                .forward(self.attn_norm.forward(x), height, width, positions);
+        let hidden = self.ff_dropout.forward(
+            self.gelu
+                .forward(self.ff_up.forward(self.ff_norm.forward(x.clone()))),
+        );
+        x + self.ff_dropout.forward(self.ff_down.forward(hidden))
+    }
+}
+
+/// One of the five models: see [`ModelKind`].
+#[derive(Module, Debug)]
+pub struct ImageClassifier<B: Backend> {
+    /// Pixel embedding.
+    pub content: ContentEmbedding<B>,
+    /// `[1, 1, dim]`.
+    pub class_token: Param<Tensor<B, 3>>,
+    /// `Performer`'s absolute encoding.
+    pub absolute: Option<AbsoluteSinusoid<B>>,
+    /// Strategy 1's position features, shared by the layers.
+    pub grid: Option<GridSinusoid<B>>,
+    /// The blocks.
+    pub blocks: Vec<Block<B>>,
+    /// Before the head.
+    pub norm: LayerNorm<B>,
+    /// `dim -> classes`.
+    pub output_layer: Linear<B>,
+    #[module(skip)]
+    config: ModelConfig,
+}
+
+impl ModelConfig {
+    /// The model this config describes, with its random features drawn from
+    /// `seed` (each layer's feature map gets its own seed from that stream);
+    /// parameters are initialised by the backend's RNG.
+    pub fn init<B: Backend>(
+        &self,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<ImageClassifier<B>, ModelError> {
+        self.validate()?;
+        let dim = self.dim;
+        let d = self.dim_head();
+        let content = match self.embedding_type {
+            EmbeddingType::Linear => {
+                ContentEmbedding::Linear(LinearConfig::new(self.in_channels, dim).init(device))
+            }
+            EmbeddingType::Mlp => ContentEmbedding::Mlp(Mlp {
+                first: LinearConfig::new(self.in_channels, dim).init(device),
+                second: LinearConfig::new(dim, dim).init(device),
+            }),
+            EmbeddingType::Lookup => ContentEmbedding::Lookup(
+                EmbeddingConfig::new(256 * self.in_channels, dim).init(device),
+            ),
+        };
+        let mut seeds = Gaussian::new(seed);
+        let blocks = (0..self.depth)
+            .map(|_| {
+                let positions = match self.model {
+                    ModelKind::Performer | ModelKind::NoposPerformer => {
+                        LayerPositions::Content(ContentOnly)
+                    }
+                    ModelKind::RelativePerformer => LayerPositions::Constrained(
+                        ConstrainedProjectionConfig::new(dim, self.heads, self.pos_scales)
+                            .with_content_rel_attn(self.content_rel_attn)
+                            .init(device),
+                    ),
+                    ModelKind::ClippedRelativePerformer => LayerPositions::Clipped(
+                        RelativeKeysConfig::new(self.heads, d, self.clipping_dist).init(device),
+                    ),
+                    ModelKind::ExactRelativePerformer => LayerPositions::Periodic(
+                        PeriodicFactorConfig::new(dim, self.heads, self.pos_scales)
+                            .with_content_rel_attn(self.content_rel_attn)
+                            .init(device),
+                    ),
+                };
+                let kernel_dim = d + positions.qk_extra_dim();
+                let nb_features = match self.model {
+                    ModelKind::ExactRelativePerformer => Some(self.nb_features.unwrap_or(d)),
+                    _ => self.nb_features,
+                };
+                let feature_seed = seeds.next_u64();
+                let features = (!self.no_projection).then(|| {
+                    FeatureMapConfig::new(kernel_dim)
+                        .with_nb_features(nb_features)
+                        .with_kernel(self.kernel)
+                        .init(feature_seed, device)
+                });
+                Block {
+                    attn_norm: LayerNormConfig::new(dim).init(device),
+                    attn: Attention {
+                        to_qkv: LinearConfig::new(dim, 3 * dim).init(device),
+                        to_out: LinearConfig::new(dim, dim).init(device),
+                        features,
+                        positions,
+                        dropout: DropoutConfig::new(self.attn_dropout).init(),
+                        heads: self.heads,
+                    },
+                    ff_norm: LayerNormConfig::new(dim).init(device),
+                    ff_up: LinearConfig::new(dim, dim * self.ff_mult).init(device),
+                    ff_down: LinearConfig::new(dim * self.ff_mult, dim).init(device),
+                    ff_dropout: DropoutConfig::new(self.ff_dropout).init(),
+                    gelu: Gelu::new(),
+                }
+            })
+            .collect();
+        let class_token = Tensor::random([1, 1, dim], Distribution::Normal(0.0, 0.02), device);
+        Ok(ImageClassifier {
+            content,
+            class_token: Param::initialized(ParamId::new(), class_token.require_grad()),
+            absolute: (self.model == ModelKind::Performer)
+                .then(|| AbsoluteSinusoidConfig::new(dim).init(device)),
+            grid: (self.model == ModelKind::RelativePerformer)
+                .then(|| GridSinusoidConfig::new(self.pos_scales).init(device)),
+            blocks,
+            norm: LayerNormConfig::new(dim).init(device),
+            output_layer: LinearConfig::new(dim, self.num_classes).init(device),
+            config: self.clone(),
+        })
+    }
+}
+
+impl<B: Backend> ImageClassifier<B> {
+    /// The config the model was built from.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Checks that images of `[channels, height, width]` fit the model
+    /// (one line saying what to do otherwise).
+    pub fn check_input(
+        &self,
+        channels: usize,
+        height: usize,
+        width: usize,
+    ) -> Result<(), ModelError> {
+        if channels != self.config.in_channels {
+            return Err(ModelError::Input(format!(
+                "the model takes images of {} channel(s), these have {channels}: it was built for another dataset",
+                self.config.in_channels
+            )));
+        }
+        if height == 0 || width == 0 {
+            return Err(ModelError::Input(format!(
+                "images of {height}x{width} pixels have no pixel to attend to"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Class logits `[b, classes]` of float images `[b, channels, height,
+    /// width]` (normalised as the data crate's batcher makes them).
+    ///
+    /// # Panics
+    /// If the model uses the `lookup` embedding (use
+    /// [`ImageClassifier::forward_bytes`]) or the images do not fit
+    /// ([`ImageClassifier::check_input`]).
+    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        let [b, c, h, w] = images.dims();
+        let pixels = images.reshape([b, c, h * w]).swap_dims(1, 2); // [b, n, c]
+        let embedded = match &self.content {
+            ContentEmbedding::Linear(l) => l.forward(pixels),
+            ContentEmbedding::Mlp(m) => m
+                .second
+                .forward(burn::tensor::activation::gelu(m.first.forward(pixels))),
+            ContentEmbedding::Lookup(_) => {
+                panic!("the lookup embedding takes bytes: call forward_bytes")
+            }
+        };
+        self.head(embedded, h, w)
+    }
+
+    /// Class logits of byte images `[b, channels, height, width]` (values
+    /// 0..255) for the `lookup` embedding; other embeddings take the bytes
+    /// divided by 255.
+    pub fn forward_bytes(&self, pixels: Tensor<B, 4, Int>) -> Tensor<B, 2> {
+        let [b, c, h, w] = pixels.dims();
+        match &self.content {
+            ContentEmbedding::Lookup(table) => {
+                let offsets = Tensor::<B, 1, Int>::arange(0..c as i64, &pixels.device())
+                    .mul_scalar(256)
+                    .reshape([1, c, 1]);
+                let ids = pixels.reshape([b, c, h * w]) + offsets; // [b, c, n]
+                let rows = table.forward(ids.reshape([b, c * h * w])); // [b, c n, dim]
+                let dim = rows.dims()[2];
+                let summed = rows
+                    .reshape([b, c, h * w, dim])
+                    .sum_dim(1)
+                    .reshape([b, h * w, dim]);
+                self.head(summed, h, w)
+            }
+            _ => self.forward(pixels.float().div_scalar(255.0)),
+        }
+    }
+
+    /// Pixel embeddings `[b, n, dim]` -> logits.
+    fn head(&self, pixels: Tensor<B, 3>, height: usize, width: usize) -> Tensor<B, 2> {
+        let [b, _, dim] = pixels.dims();
+        let pixels = match &self.absolute {
+            Some(enc) => pixels + enc.encode(height, width).unsqueeze::<3>(),
+            None => pixels,
+        };
+        let mut x = Tensor::cat(vec![self.class_token.val().expand([b, 1, dim]), pixels], 1);
+        let positions = self
+            .grid
+            .as_ref()
+            .map(|g| with_class_token(g.features(height, width)));
+        for block in &self.blocks {
+            x = block.forward(x, height, width, positions.clone());
+        }
+        let class = x.narrow(1, 0, 1).reshape([b, dim]);
+        self.output_layer.forward(self.norm.forward(class))
+    }
+
+    /// Every attention's random features, in layer order.
+    pub fn feature_maps(&self) -> Vec<&FeatureMap<B>> {
+        self.blocks
+            .iter()
+            .filter_map(|b| b.attn.features.as_ref())
+            .collect()
+    }
+
+    fn map_features(mut self, mut f: impl FnMut(FeatureMap<B>) -> FeatureMap<B>) -> Self {
+        for block in &mut self.blocks {
+            block.attn.features = block.attn.features.take().map(&mut f);
+        }
+        self
+    }
+
+    /// Draws the next random features in every attention module.
+    pub fn redraw_features(self) -> Self {
+        self.map_features(|m| m.redraw())
+    }
+
+    /// Fresh random features for evaluation: each layer's map gets a seed
+    /// from the stream of `seed`, draw 1.
+    pub fn with_feature_seed(self, seed: u64) -> Self {
+        let mut seeds = Gaussian::new(seed);
+        self.map_features(|m| m.with_draw(seeds.next_u64(), 1))
+    }
+
+    /// Trainable parameters (all but the random features), as the reference
+    /// counts them.
+    pub fn trainable_params(&self) -> usize {
+        let frozen: usize = self
+            .feature_maps()
+            .iter()
+            .map(|m| m.dim() * m.nb_features())
+            .sum();
+        self.num_params() - frozen
+    }
+}
