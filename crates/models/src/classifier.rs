@@ -6,7 +6,7 @@
 //! row-major order; positions are computed from each batch's image size, so a
 //! model runs on images of any height and width.
 
-use burn::module::{Param, ParamId};
+use burn::module::{ModuleVisitor, Param, ParamId};
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Gelu, LayerNorm, LayerNormConfig, Linear,
     LinearConfig,
@@ -276,7 +276,7 @@ impl ModelConfig {
             })
             .collect();
         let class_token = Tensor::random([1, 1, dim], Distribution::Normal(0.0, 0.02), device);
-        Ok(ImageClassifier {
+        let model = ImageClassifier {
             content,
             class_token: Param::initialized(ParamId::new(), class_token.require_grad()),
             absolute: (self.model == ModelKind::Performer)
@@ -287,7 +287,21 @@ impl ModelConfig {
             norm: LayerNormConfig::new(dim).init(device),
             output_layer: LinearConfig::new(dim, self.num_classes).init(device),
             config: self.clone(),
-        })
+        };
+        // Burn initialises parameters lazily, at first use, and a clone made
+        // before that draws its own values: materialise them now, so that a
+        // model and its clones (and the records made of them) agree.
+        model.visit(&mut Materialise);
+        Ok(model)
+    }
+}
+
+/// Reads every parameter once (see [`ModelConfig::init`]).
+struct Materialise;
+
+impl<B: Backend> ModuleVisitor<B> for Materialise {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let _ = param.val();
     }
 }
 

@@ -24,9 +24,13 @@
 pub mod classifier;
 pub mod config;
 pub mod error;
+pub mod import;
 pub mod registry;
+pub mod store;
 
 pub use classifier::{ImageClassifier, LayerPositions};
 pub use config::{EmbeddingType, ModelConfig};
 pub use error::ModelError;
+pub use import::{PytorchExport, import};
 pub use registry::ModelKind;
+pub use store::{MODEL_FILE, load_record, save_record};

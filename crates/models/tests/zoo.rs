@@ -303,3 +303,38 @@ fn bad_configs_are_one_line_errors() {
             .contains("choose one of Performer")
     );
 }
+
+#[test]
+fn model_files_round_trip_and_bad_files_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(relperf_models::MODEL_FILE);
+    let cfg = small(ModelKind::RelativePerformer);
+    let m: ImageClassifier<B> = cfg.init(4, &Default::default()).unwrap();
+    relperf_models::save_record(&m, &path).unwrap();
+    let loaded = relperf_models::load_record::<B>(&cfg, &path, &Default::default()).unwrap();
+    let x = images::<B>(2, 1, 5, 5, 1);
+    assert_eq!(
+        loaded.forward(x.clone()).into_data(),
+        m.forward(x).into_data()
+    );
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+
+    let err =
+        relperf_models::load_record::<B>(&cfg, &dir.path().join("none.mpk"), &Default::default())
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("does not exist"), "{err}");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
+    let err = relperf_models::load_record::<B>(&cfg, &path, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("corrupt"), "{err}");
+    std::fs::write(&path, &bytes).unwrap();
+    let other = small(ModelKind::ClippedRelativePerformer);
+    assert!(relperf_models::load_record::<B>(&other, &path, &Default::default()).is_err());
+}
