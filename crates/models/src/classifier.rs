@@ -412,6 +412,16 @@ impl<B: Backend> ImageClassifier<B> {
         self
     }
 
+    /// The same weights with exact softmax attention in every layer (the
+    /// random features removed; quadratic in the tokens).
+    pub fn without_features(mut self) -> Self {
+        for block in &mut self.blocks {
+            block.attn.features = None;
+        }
+        self.config.no_projection = true;
+        self
+    }
+
     /// Draws the next random features in every attention module.
     pub fn redraw_features(self) -> Self {
         self.map_features(|m| m.redraw())

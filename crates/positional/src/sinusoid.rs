@@ -110,12 +110,13 @@ impl<B: Backend> GridSinusoid<B> {
             .to_vec()
             .expect("f32 frequencies");
         let s = v.len() / AXES;
-        let rounded: Vec<f32> = v
+        // f64 values: a backend in f64 keeps the multiples of 2 pi / side exact
+        let rounded: Vec<f64> = v
             .iter()
             .enumerate()
             .map(|(i, &f)| {
                 let base = std::f64::consts::TAU / [height, width][i / s] as f64;
-                ((f as f64 / base).round().max(1.0) * base) as f32
+                (f as f64 / base).round().max(1.0) * base
             })
             .collect();
         GridSinusoid {
