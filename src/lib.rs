@@ -13,9 +13,15 @@
 //! |---|---|
 //! | [`relperf_data`] (re-exported as [`data`]) | MNIST, FashionMNIST, CIFAR-10: readers, checked downloads, offline sources, the reference's exact pixels, split, shifted test images, a Burn batcher |
 //! | [`relperf_favor`] (re-exported as [`favor`]) | FAVOR+ attention: orthogonal random features drawn on the host, positive softmax and ReLU feature maps, linear attention, the exact softmax reference |
+//! | [`relperf_positional`] (re-exported as [`positional`]) | positional strategies: absolute sinusoid, strategy 1, strategy 2 in linear time, the exact periodic factor, one `LayerStrategy` interface |
+//! | [`relperf_models`] (re-exported as [`models`]) | the five models by name, `ModelConfig`, records, import of the PyTorch reference's checkpoints |
+//! | [`relperf_eval`] (re-exported as [`eval`]) | evaluation: the equivariance probe |
 #![warn(missing_docs)]
 
 pub use relperf_data as data;
+pub use relperf_eval as eval;
 pub use relperf_favor as favor;
+pub use relperf_models as models;
+pub use relperf_positional as positional;
 
 pub mod backend;
