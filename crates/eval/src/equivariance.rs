@@ -164,6 +164,15 @@ pub fn probe<B: Backend>(cfg: &ProbeConfig, device: &B::Device) -> Vec<ProbeRow>
     rows
 }
 
+/// The largest change measured for `model` with `attention` (`exact` or
+/// `favor+`) over its draws; NaN if there is none.
+pub fn worst(rows: &[ProbeRow], model: ModelKind, attention: &str) -> f64 {
+    rows.iter()
+        .filter(|r| r.model == model && r.attention == attention)
+        .map(|r| r.max_relative_logit_change)
+        .fold(f64::NAN, f64::max)
+}
+
 /// The table of the reference's `equivariance` command: per model, the
 /// exact column and the worst FAVOR+ draw, `%.1e`.
 pub fn table(rows: &[ProbeRow]) -> String {
@@ -171,17 +180,12 @@ pub fn table(rows: &[ProbeRow]) -> String {
     let mut models: Vec<ModelKind> = rows.iter().map(|r| r.model).collect();
     models.dedup();
     for m in models {
-        let worst = |a: &str| {
-            rows.iter()
-                .filter(|r| r.model == m && r.attention == a)
-                .map(|r| r.max_relative_logit_change)
-                .fold(f64::NAN, f64::max)
-        };
+        let (exact, favor) = (worst(rows, m, "exact"), worst(rows, m, "favor+"));
         out.push_str(&format!(
             "{:<25}{:>8.1e}{:>8.1e}\n",
             m.as_str(),
-            worst("exact"),
-            worst("favor+")
+            exact,
+            favor
         ));
     }
     out

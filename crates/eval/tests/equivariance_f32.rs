@@ -2,19 +2,14 @@
 //! thresholds the method promises.
 
 use burn::backend::NdArray;
-use relperf_eval::equivariance::{ProbeConfig, probe, table};
+use relperf_eval::equivariance::{ProbeConfig, probe, table, worst};
 use relperf_models::ModelKind;
 
 #[test]
 fn equivariance_table_f32() {
     let rows = probe::<NdArray<f32>>(&ProbeConfig::default(), &Default::default());
     println!("{}", table(&rows));
-    let worst = |m: ModelKind, a: &str| {
-        rows.iter()
-            .filter(|r| r.model == m && r.attention == a)
-            .map(|r| r.max_relative_logit_change)
-            .fold(0.0, f64::max)
-    };
+    let worst = |m: ModelKind, a: &str| worst(&rows, m, a);
     for m in [ModelKind::ExactRelativePerformer, ModelKind::NoposPerformer] {
         assert!(
             worst(m, "exact") < 1e-5 && worst(m, "favor+") < 1e-5,

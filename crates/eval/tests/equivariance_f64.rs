@@ -2,19 +2,14 @@
 //! default float type per device and process), as the reference measures it.
 
 use burn::backend::NdArray;
-use relperf_eval::equivariance::{ProbeConfig, probe, table};
+use relperf_eval::equivariance::{ProbeConfig, probe, table, worst};
 use relperf_models::ModelKind;
 
 #[test]
 fn equivariance_table_f64() {
     let rows = probe::<NdArray<f64>>(&ProbeConfig::default(), &Default::default());
     println!("{}", table(&rows));
-    let worst = |m: ModelKind, a: &str| {
-        rows.iter()
-            .filter(|r| r.model == m && r.attention == a)
-            .map(|r| r.max_relative_logit_change)
-            .fold(0.0, f64::max)
-    };
+    let worst = |m: ModelKind, a: &str| worst(&rows, m, a);
     for m in [ModelKind::ExactRelativePerformer, ModelKind::NoposPerformer] {
         assert!(
             worst(m, "exact") < 1e-12 && worst(m, "favor+") < 1e-12,
