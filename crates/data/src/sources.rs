@@ -934,14 +934,19 @@ fn read_cifar(root: &Path, split: Split) -> Result<RawImages> {
             pixels.extend_from_slice(&rec[1..]);
         }
     }
-    Ok(RawImages {
+    Ok(cifar_images(pixels, labels))
+}
+
+/// CIFAR-10 images `(N, 3, 32, 32)` and their labels.
+fn cifar_images(pixels: Vec<u8>, labels: Vec<u8>) -> RawImages {
+    RawImages {
         len: labels.len(),
         channels: 3,
         height: 32,
         width: 32,
         pixels,
         labels,
-    })
+    }
 }
 
 /// One CIFAR-10 python batch: `(pixels (N, 3072), labels)`.
@@ -990,14 +995,7 @@ fn read_cifar_py(folder: &Path, split: Split) -> Result<RawImages> {
         pixels.extend(p);
         labels.extend(l);
     }
-    Ok(RawImages {
-        len: labels.len(),
-        channels: 3,
-        height: 32,
-        width: 32,
-        pixels,
-        labels,
-    })
+    Ok(cifar_images(pixels, labels))
 }
 
 /// The MD5 table used by [`crate::verify::verify`] for a folder of raw files:
