@@ -8,15 +8,18 @@
 //! ```
 //!
 //! For each `EXPORT/<DATASET>/<MODEL>/` it writes `OUT/<DATASET>/<MODEL>/`:
-//! `model.mpk` (the Burn record: weights and random features), `config.json`
+//! `checkpoints/best.mpk` (the Burn record: weights and random features), `config.json`
 //! (the run's own, plus an `imported` entry saying where the weights came
-//! from), `results.json` and `metrics.csv` (the run's, unchanged).
+//! from), `results.json` (the run's, pointing at the new record) and
+//! `metrics.csv` (the run's, unchanged): a run folder the `relperf-eval`
+//! commands read.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use burn::backend::NdArray;
-use relative_performer::models::{MODEL_FILE, PytorchExport, import, save_record};
+use relative_performer::eval::run::{BEST_FILE, CHECKPOINT_DIR};
+use relative_performer::models::{PytorchExport, import, save_record};
 
 fn convert(export_dir: &Path, out: &Path) -> Result<PathBuf, String> {
     let export = PytorchExport::read(export_dir).map_err(|e| e.to_string())?;
@@ -27,8 +30,9 @@ fn convert(export_dir: &Path, out: &Path) -> Result<PathBuf, String> {
         .as_str()
         .ok_or("export.json has no config_json.dataset")?;
     let dest = out.join(dataset).join(model.config().model.as_str());
-    std::fs::create_dir_all(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
-    save_record(&model, &dest.join(MODEL_FILE)).map_err(|e| e.to_string())?;
+    let checkpoints = dest.join(CHECKPOINT_DIR);
+    std::fs::create_dir_all(&checkpoints).map_err(|e| format!("{}: {e}", dest.display()))?;
+    save_record(&model, &checkpoints.join(BEST_FILE)).map_err(|e| e.to_string())?;
     let mut config = meta["config_json"].clone();
     config["imported"] = serde_json::json!({
         "from": "the PyTorch reference implementation (relative_performer), converted by examples/import_pytorch.rs",
@@ -46,7 +50,9 @@ fn convert(export_dir: &Path, out: &Path) -> Result<PathBuf, String> {
         .map_err(|e| format!("{}: {e}", dest.display()))
     };
     write_json("config.json", &config)?;
-    write_json("results.json", &meta["results_json"])?;
+    let mut results = meta["results_json"].clone();
+    results["best_checkpoint"] = format!("{CHECKPOINT_DIR}/{BEST_FILE}").into();
+    write_json("results.json", &results)?;
     if let Some(run) = meta["source_run"].as_str() {
         let metrics = Path::new(run).join("metrics.csv");
         if metrics.exists() {

@@ -14,7 +14,7 @@ use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
 use burn::prelude::*;
 use relperf_data::{DatasetName, Fetcher, ImageBatch, ImageBatcher, ImageSet, Split, md5_bytes};
-use relperf_models::{ImageClassifier, MODEL_FILE, ModelConfig, ModelKind, load_record};
+use relperf_models::{ImageClassifier, ModelConfig, ModelKind, load_record};
 use serde_json::Value;
 
 type B = NdArray<f32>;
@@ -37,7 +37,7 @@ fn load(dataset: &str, kind: ModelKind) -> ImageClassifier<B> {
     let config: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let cfg = ModelConfig::from_json(&config["model_config"].to_string()).unwrap();
-    load_record::<B>(&cfg, &dir.join(MODEL_FILE), &Default::default()).unwrap()
+    load_record::<B>(&cfg, &dir.join("checkpoints/best.mpk"), &Default::default()).unwrap()
 }
 
 fn test_set(dataset: DatasetName) -> ImageSet {
