@@ -100,6 +100,10 @@ pub enum BackendError {
         /// The backends this build has, comma-separated.
         have: String,
     },
+    /// A device name the backend does not have, or a device that does not
+    /// work (no GPU adapter).
+    #[error("{0}")]
+    Device(String),
 }
 
 impl FromStr for BackendKind {
@@ -150,6 +154,70 @@ pub fn run_on<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output, B
             let _ = task;
             Err(BackendError::NotCompiled { kind: other, have })
         }
+    }
+}
+
+/// Runs `task` on `kind` and the device named `device`: `None`, `default`
+/// or `cpu` for the CPU backends; for `wgpu` also `discrete[:N]`,
+/// `integrated[:N]`, `virtual[:N]` and `cpu` (a software adapter). A wgpu
+/// device that does not work (no adapter, no driver) is an error here, before
+/// the task starts.
+pub fn run_on_device<T: BackendTask>(
+    kind: BackendKind,
+    device: Option<&str>,
+    task: T,
+) -> Result<T::Output, BackendError> {
+    let name = device.unwrap_or("default");
+    match kind {
+        BackendKind::Ndarray | BackendKind::Flex => {
+            if !matches!(name, "default" | "cpu") {
+                return Err(BackendError::Device(format!(
+                    "--device {name}: the {kind} backend runs on the CPU only; leave --device out, or use --backend wgpu"
+                )));
+            }
+            run_on(kind, task)
+        }
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => {
+            use burn::backend::wgpu::WgpuDevice;
+            use burn::prelude::Tensor;
+            let (what, index) = match name.split_once(':') {
+                Some((w, i)) => (
+                    w,
+                    i.parse::<usize>().map_err(|_| {
+                        BackendError::Device(format!(
+                            "--device {name}: the index after ':' must be a number"
+                        ))
+                    })?,
+                ),
+                None => (name, 0),
+            };
+            let dev = match what {
+                "default" => WgpuDevice::DefaultDevice,
+                "discrete" => WgpuDevice::DiscreteGpu(index),
+                "integrated" => WgpuDevice::IntegratedGpu(index),
+                "virtual" => WgpuDevice::VirtualGpu(index),
+                "cpu" => WgpuDevice::Cpu,
+                _ => {
+                    return Err(BackendError::Device(format!(
+                        "unknown wgpu device '{name}': choose default, discrete[:N], integrated[:N], virtual[:N] or cpu"
+                    )));
+                }
+            };
+            let probe = dev.clone();
+            let works = std::panic::catch_unwind(move || {
+                Tensor::<burn::backend::Wgpu, 1>::zeros([1], &probe).into_data()
+            })
+            .is_ok();
+            if !works {
+                return Err(BackendError::Device(format!(
+                    "wgpu found no working adapter for device '{name}' (no GPU, or no Vulkan driver/loader); use --backend ndarray, or install the GPU's Vulkan driver"
+                )));
+            }
+            Ok(task.run::<burn::backend::Wgpu>(dev))
+        }
+        #[allow(unreachable_patterns)]
+        other => run_on(other, task),
     }
 }
 

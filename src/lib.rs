@@ -15,7 +15,8 @@
 //! | [`relperf_favor`] (re-exported as [`favor`]) | FAVOR+ attention: orthogonal random features drawn on the host, positive softmax and ReLU feature maps, linear attention, the exact softmax reference |
 //! | [`relperf_positional`] (re-exported as [`positional`]) | positional strategies: absolute sinusoid, strategy 1, strategy 2 in linear time, the exact periodic factor, one `LayerStrategy` interface |
 //! | [`relperf_models`] (re-exported as [`models`]) | the five models by name, `ModelConfig`, records, import of the PyTorch reference's checkpoints |
-//! | [`relperf_eval`] (re-exported as [`eval`]) | evaluation: the equivariance probe |
+//! | [`relperf_eval`] (re-exported as [`eval`]) | evaluation: run folders, loss and accuracy, shifted images, the equivariance probe |
+//! | [`relperf_train`] (re-exported as [`train`]) | training: the reference's recipe in a loop of our own, run folders that resume exactly |
 #![warn(missing_docs)]
 
 pub use relperf_data as data;
@@ -23,5 +24,6 @@ pub use relperf_eval as eval;
 pub use relperf_favor as favor;
 pub use relperf_models as models;
 pub use relperf_positional as positional;
+pub use relperf_train as train;
 
 pub mod backend;
