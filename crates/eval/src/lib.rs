@@ -3,7 +3,7 @@
 //! Evaluation of the models of `relperf-models`, the library of the
 //! `relperf-eval` binary: run folders ([`run`]: the layout `relperf-train`
 //! writes and every evaluation command reads), loss and accuracy on an image
-//! set ([`evaluate`]), `test` / `test-recursive` rows ([`test_run`]),
+//! set ([`mod@evaluate`]), `test` / `test-recursive` rows ([`mod@test_run`]),
 //! accuracy on shifted test images ([`shifted`]), the shift figure
 //! ([`plot`]), CSVs in the PyTorch reference's format ([`table`]), and the
 //! equivariance probe ([`equivariance`]), the table of the reference's
