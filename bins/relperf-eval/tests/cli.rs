@@ -156,11 +156,10 @@ fn usage_errors_exit_2() {
         let err = one_line_error(&run_bare(args), 2);
         assert!(err.contains(needle), "{args:?}: {err}");
     }
-    for backend in ["flex", "wgpu"] {
-        let compiled = match backend {
-            "flex" => cfg!(feature = "flex"),
-            _ => cfg!(feature = "wgpu"),
-        };
+    for (backend, compiled) in [
+        ("flex", cfg!(feature = "flex")),
+        ("wgpu", cfg!(feature = "wgpu")),
+    ] {
         if !compiled {
             let o = run_bare(&["test", perf, "--output", out, "--backend", backend]);
             let err = one_line_error(&o, 2);
@@ -471,6 +470,12 @@ fn equivariance_prints_the_table_and_writes_the_csv() {
     assert_eq!(lines.len(), 1 + 1 + 2);
     for line in &lines[1..] {
         let v: f64 = line.rsplit(',').next().unwrap().parse().unwrap();
-        assert!(v < 1e-10, "NoposPerformer is invariant: {line}");
+        // float64 on ndarray, float32 on the others
+        let tol = if cfg!(feature = "ndarray") {
+            1e-10
+        } else {
+            1e-4
+        };
+        assert!(v < tol, "NoposPerformer is invariant: {line}");
     }
 }
