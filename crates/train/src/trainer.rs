@@ -6,6 +6,8 @@
 //! stopped: the model is initialised after `B::seed(seed)`, each epoch's
 //! data order is the permutation of `(seed, epoch)`, and the backend's
 //! generator (dropout) is reseeded from `(seed, step)` before every step.
+//! Burn's generator is one per backend and process: two trainings in threads
+//! of one process draw from each other's stream and lose this property.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
