@@ -32,7 +32,12 @@ static STOP: AtomicBool = AtomicBool::new(false);
 /// (to --resume), results.json (test accuracy of the best checkpoint).
 /// Options also accept the reference's underscore spellings (--batch_size).
 #[derive(Debug, Parser)]
-#[command(name = "relperf-train", version, max_term_width = 100)]
+#[command(
+    name = "relperf-train",
+    version,
+    max_term_width = 100,
+    allow_negative_numbers = true
+)]
 struct Cli {
     /// Performer, NoposPerformer, RelativePerformer, ClippedRelativePerformer or ExactRelativePerformer (not with --resume; optional with --init-from).
     model: Option<String>,
