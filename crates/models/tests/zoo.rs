@@ -222,10 +222,14 @@ fn batch_independence_determinism_and_records() {
     }
 }
 
-/// The `model_config` of every shipped PyTorch run loads unchanged.
+/// The `model_config` of every shipped PyTorch run loads unchanged (their
+/// `config.json`, kept as the reference wrote it under `results/pretrained`).
 #[test]
 fn the_reference_s_configs_load() {
-    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../pretrained"));
+    let root = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../results/pretrained"
+    ));
     let mut count = 0;
     for dataset in ["MNIST", "FashionMNIST"] {
         for kind in ModelKind::ALL {
