@@ -307,13 +307,13 @@ fn fixed_options(cli: &Cli) -> Vec<(&'static str, serde_json::Value)> {
         "feature_redraw_interval",
         cli.feature_redraw_interval.map(|v| json!(v)),
     );
-    put("no_projection", cli.no_projection.then(|| json!(true)));
+    put("no_projection", cli.no_projection.then_some(json!(true)));
     put("nb_features", cli.nb_features.map(|v| json!(v)));
     put("kernel", cli.kernel.clone().map(|v| json!(v)));
     put("pos_scales", cli.pos_scales.map(|v| json!(v)));
     put(
         "content_rel_attn",
-        cli.content_rel_attn.then(|| json!(true)),
+        cli.content_rel_attn.then_some(json!(true)),
     );
     put("clipping_dist", cli.clipping_dist.map(|v| json!(v)));
     out
