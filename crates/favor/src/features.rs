@@ -99,7 +99,25 @@ pub fn softmax_features<B: Backend>(
 /// attention (cheaper): queries `softmax_m(W x')` (a positive factor per
 /// row), keys `exp(W x' - |x'|^2/2 - s)` with `s` the detached maximum per
 /// `(sample, head)` (a positive factor per sample and head).
+///
+/// On `burn-ndarray` in `f32` (this crate's feature `ndarray`) a fused,
+/// multi-threaded CPU kernel computes it,
+/// forward and backward ([`crate::host::is_fused`]); every other backend
+/// runs [`softmax_features_up_to_scale_reference`].
 pub fn softmax_features_up_to_scale<B: Backend>(
+    x: Tensor<B, 4>,
+    projection: Tensor<B, 2>,
+    is_query: bool,
+) -> Tensor<B, 4> {
+    match crate::host::softmax_features(x, projection, is_query) {
+        Ok(features) => features,
+        Err((x, projection)) => softmax_features_up_to_scale_reference(x, projection, is_query),
+    }
+}
+
+/// [`softmax_features_up_to_scale`] in plain tensor ops, on every backend:
+/// the reference the fused CPU kernel is tested against.
+pub fn softmax_features_up_to_scale_reference<B: Backend>(
     x: Tensor<B, 4>,
     projection: Tensor<B, 2>,
     is_query: bool,

@@ -12,6 +12,8 @@
 //!   ReLU kernel) with per-row and per-`(sample, head)` stabilisers.
 //! * [`attention`]: linear attention in `O(n m d)` time and `O(n (m + d))`
 //!   memory, and exact softmax attention, the quadratic reference.
+//! * [`host`]: the softmax feature maps fused on the CPU (`burn-ndarray`),
+//!   forward and backward, tested against the plain ops.
 //! * [`FeatureMap`]: a module holding one attention's projection as a frozen
 //!   parameter (saved in records), with redraws.
 //!
@@ -69,6 +71,7 @@ pub mod attention;
 pub mod draw;
 pub mod feature_map;
 pub mod features;
+pub mod host;
 
 pub use attention::{linear_attention, softmax_attention};
 pub use draw::{default_nb_features, draw_projection};

@@ -1,0 +1,158 @@
+//! The fused CPU feature maps (`relperf_favor::host`, on burn-ndarray)
+//! against the plain tensor ops they replace, in f32 and against f64: features and
+//! the gradient with respect to the input, queries and keys, on seeded
+//! inputs, including a slice of 1025 tokens and a head dim widened as
+//! strategy 1 does. (Whole models take the path in every other test on
+//! these backends, e.g. the imported models' logits against PyTorch's.)
+
+use burn::backend::Autodiff;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use burn::tensor::Element;
+use burn::tensor::backend::AutodiffBackend;
+use relative_performer::backend::{BackendKind, BackendTask, run_on};
+use relative_performer::favor::draw_projection;
+use relative_performer::favor::features::{
+    softmax_features_up_to_scale, softmax_features_up_to_scale_reference,
+};
+use relative_performer::favor::host::is_fused;
+
+/// The f64 reference of the gradients.
+type F64 = burn::backend::NdArray<f64>;
+
+/// `t` in f64.
+fn to_f64<B: Backend>(t: Tensor<B, 4>) -> Tensor<F64, 4> {
+    let f64 = burn::tensor::DType::F64;
+    Tensor::from_data(t.into_data().convert_dtype(f64), (&Default::default(), f64))
+}
+
+/// The features of `x` and `d/dx sum(features(x) * weights)` on backend
+/// `A`, fused or plain, in f64.
+fn features_and_grad<A: AutodiffBackend, B: Backend>(
+    x: &Tensor<B, 4>,
+    w: &Tensor<B, 2>,
+    weights: &Tensor<B, 4>,
+    is_query: bool,
+    fused: bool,
+) -> (Tensor<F64, 4>, Tensor<F64, 4>) {
+    // The dtype explicitly: Burn 0.21 keys a device's default float dtype by
+    // the device type, which NdArray<f32> and NdArray<f64> share, so the
+    // first backend to touch the CPU fixes it for the process.
+    let device = Default::default();
+    let dtype = <A::FloatElem as Element>::dtype();
+    let on = |data: TensorData| (data.convert_dtype(dtype), (&device, dtype));
+    let (data, opts) = on(x.to_data());
+    let xa = Tensor::<A, 4>::from_data(data, opts).require_grad();
+    let (data, opts) = on(w.to_data());
+    let wa = Tensor::<A, 2>::from_data(data, opts);
+    let (data, opts) = on(weights.to_data());
+    let weights = Tensor::<A, 4>::from_data(data, opts);
+    let f = if fused {
+        softmax_features_up_to_scale(xa.clone(), wa, is_query)
+    } else {
+        softmax_features_up_to_scale_reference(xa.clone(), wa, is_query)
+    };
+    let grads = (f.clone() * weights).sum().backward();
+    let g = xa.grad(&grads).expect("x takes a gradient");
+    assert_eq!(g.dtype(), dtype);
+    (to_f64(f.inner()), to_f64(g))
+}
+
+/// Largest `|a - b|` over the largest `|b|`.
+fn rel_err<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f64 {
+    let scale = b.clone().abs().max().into_scalar().elem::<f64>().max(1e-30);
+    (a - b).abs().max().into_scalar().elem::<f64>() / scale
+}
+
+struct FeaturesCheck;
+
+impl BackendTask for FeaturesCheck {
+    type Output = Vec<String>;
+    fn run<B: Backend>(self, device: B::Device) -> Vec<String> {
+        type A<B> = Autodiff<B>;
+        assert!(
+            is_fused::<B>(),
+            "{} should take the fused path",
+            B::name(&device)
+        );
+        assert!(
+            is_fused::<A<B>>(),
+            "Autodiff<{}> should take the fused path",
+            B::name(&device)
+        );
+        let mut report = Vec::new();
+        for (shape, m, scale) in [
+            ([2, 3, 37, 8], 16, 1.0),
+            ([2, 2, 1025, 32], 110, 1.0),
+            ([1, 4, 257, 36], 129, 3.0), // strategy 1's widened head, large logits
+        ] {
+            let [_, _, _, d] = shape;
+            for is_query in [true, false] {
+                B::seed(&device, 11);
+                let x = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, scale), &device);
+                let w = Tensor::<B, 2>::from_data(
+                    TensorData::new(draw_projection(m, d, 5, 0), [m, d]),
+                    &device,
+                );
+                let weights = Tensor::<B, 4>::random(
+                    [shape[0], shape[1], shape[2], m],
+                    Distribution::Normal(0.0, 1.0),
+                    &device,
+                );
+                // fused and plain in f32 (with and without autodiff)
+                // against the plain ops in f64
+                let (f_fused, g_fused) =
+                    features_and_grad::<A<B>, B>(&x, &w, &weights, is_query, true);
+                let (f_plain, g_plain) =
+                    features_and_grad::<A<B>, B>(&x, &w, &weights, is_query, false);
+                let (f_exact, g_exact) =
+                    features_and_grad::<A<F64>, B>(&x, &w, &weights, is_query, false);
+                let inference =
+                    to_f64(softmax_features_up_to_scale(x.clone(), w.clone(), is_query));
+                let errs = [
+                    rel_err(f_fused, f_exact.clone()),
+                    rel_err(inference, f_exact.clone()),
+                    rel_err(f_plain, f_exact),
+                    rel_err(g_fused, g_exact.clone()),
+                    rel_err(g_plain, g_exact),
+                ];
+                let line = format!(
+                    "{} {shape:?} m {m} query {is_query}, relative errors against f64: features fused {:.1e} (inference {:.1e}), plain {:.1e}; dx fused {:.1e}, plain {:.1e}",
+                    B::name(&device),
+                    errs[0],
+                    errs[1],
+                    errs[2],
+                    errs[3],
+                    errs[4]
+                );
+                // as close to f64 as the plain ops in f32, to a few roundings
+                let bound = |plain: f64| (4.0 * plain).max(2e-6);
+                assert!(
+                    errs[0] <= bound(errs[2])
+                        && errs[1] <= bound(errs[2])
+                        && errs[3] <= bound(errs[4]),
+                    "{line}"
+                );
+                report.push(line);
+            }
+        }
+        report
+    }
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn fused_features_equal_the_plain_ops_outputs_and_gradients() {
+    for line in run_on(BackendKind::Ndarray, FeaturesCheck).expect("ndarray is compiled in") {
+        println!("{line}");
+    }
+}
+
+/// The other backends and precisions run the plain ops.
+#[test]
+fn only_ndarray_in_f32_takes_the_fused_path() {
+    assert!(!is_fused::<burn::backend::NdArray<f64>>());
+    assert!(!is_fused::<Autodiff<burn::backend::NdArray<f64>>>());
+    #[cfg(feature = "flex")]
+    assert!(!is_fused::<burn::backend::Flex>());
+}
