@@ -240,8 +240,9 @@ fn train_small<B: Backend>(
     let secs = (demo.cli.minutes * 60.0).round().max(1.0) as u64;
     let runtime = RuntimeOptions {
         max_time: Some(format!(
-            "00:{:02}:{:02}:{:02}",
-            secs / 3600,
+            "{:02}:{:02}:{:02}:{:02}",
+            secs / 86_400,
+            secs / 3600 % 24,
             secs / 60 % 60,
             secs % 60
         )),
@@ -256,9 +257,6 @@ fn train_small<B: Backend>(
         backend: demo.cli.backend.clone(),
         ..RuntimeOptions::default()
     };
-    if secs >= 24 * 3600 {
-        return Err(RunError::usage("--minutes must be below one day"));
-    }
     let data = DataSection {
         data_dir: runtime.data_dir.clone(),
         embedding_type: mc.embedding_type.as_str().to_string(),

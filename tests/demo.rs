@@ -24,24 +24,32 @@ fn data_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data")))
 }
 
+/// Runs the demo with `args`, its output in `out`, on the tests' data.
+fn run_demo(args: &[&str], out: &std::path::Path) -> std::process::Output {
+    Command::new(demo())
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .arg("--data-dir")
+        .arg(data_root())
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn the_demo_runs_end_to_end_with_a_tiny_budget() {
     let out = tempfile::tempdir().unwrap();
-    let o = Command::new(demo())
-        .args([
+    let o = run_demo(
+        &[
             "--max-images",
             "4",
             "--minutes",
             "0.1",
             "--test-images",
             "32",
-        ])
-        .arg("--out")
-        .arg(out.path())
-        .arg("--data-dir")
-        .arg(data_root())
-        .output()
-        .unwrap();
+        ],
+        out.path(),
+    );
     let stdout = String::from_utf8_lossy(&o.stdout);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "demo failed:\n{stdout}\n{stderr}");
@@ -70,14 +78,7 @@ fn the_demo_runs_end_to_end_with_a_tiny_budget() {
     }
     assert!(stdout.contains("Your RelativePerformer"), "{stdout}");
     // a second run goes to a new folder: nothing is overwritten
-    let again = Command::new(demo())
-        .args(["--max-images", "1", "--minutes", "0"])
-        .arg("--out")
-        .arg(out.path())
-        .arg("--data-dir")
-        .arg(data_root())
-        .output()
-        .unwrap();
+    let again = run_demo(&["--max-images", "1", "--minutes", "0"], out.path());
     assert!(
         again.status.success(),
         "{}",

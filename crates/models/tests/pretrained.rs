@@ -53,6 +53,15 @@ fn batch(set: &ImageSet, from: usize, len: usize) -> ImageBatch<B> {
     ImageBatcher::for_set(set).batch(items, &Default::default())
 }
 
+/// The shipped run's `results.json`.
+fn results_json(dataset: &str, kind: ModelKind) -> Value {
+    let path = pretrained()
+        .join(dataset)
+        .join(kind.as_str())
+        .join("results.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 fn fixture() -> Value {
     serde_json::from_str(include_str!("fixtures/pretrained_logits.json")).unwrap()
 }
@@ -137,16 +146,7 @@ fn imported_models_score_the_reference_accuracy_on_1000_test_images() {
         let full = test_set(ds);
         let set = full.subset(&(0..1000).collect::<Vec<_>>());
         for kind in ModelKind::ALL {
-            let results: Value = serde_json::from_str(
-                &std::fs::read_to_string(
-                    pretrained()
-                        .join(ds_name)
-                        .join(kind.as_str())
-                        .join("results.json"),
-                )
-                .unwrap(),
-            )
-            .unwrap();
+            let results = results_json(ds_name, kind);
             let check = &results["check"];
             assert_eq!(check["n_images"].as_u64(), Some(1000), "{ds_name} {kind}");
             assert_eq!(check["split"].as_str(), Some("test"), "{ds_name} {kind}");
@@ -179,16 +179,7 @@ fn imported_models_score_the_reference_accuracy() {
     ] {
         let set = test_set(ds);
         for kind in ModelKind::ALL {
-            let results: Value = serde_json::from_str(
-                &std::fs::read_to_string(
-                    pretrained()
-                        .join(ds_name)
-                        .join(kind.as_str())
-                        .join("results.json"),
-                )
-                .unwrap(),
-            )
-            .unwrap();
+            let results = results_json(ds_name, kind);
             let measured = fx["runs"]
                 .as_array()
                 .unwrap()
