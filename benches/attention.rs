@@ -200,6 +200,7 @@ impl BackendTask for AttentionBench<'_> {
 }
 
 fn bench(c: &mut Criterion) {
+    relative_performer::allocator::keep_freed_memory();
     let gpu = std::env::var("RELPERF_BENCH_WGPU").is_ok_and(|v| v == "1");
     for kind in BackendKind::compiled() {
         if kind == BackendKind::Wgpu && !gpu {

@@ -302,6 +302,7 @@ impl BackendTask for Step {
 }
 
 fn main() -> ExitCode {
+    relative_performer::allocator::keep_freed_memory();
     let cli = match parse_cli() {
         Ok(c) => c,
         Err(code) => return code,

@@ -330,6 +330,7 @@ fn fail(e: &dyn std::fmt::Display, code: u8) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    relative_performer::allocator::keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => {

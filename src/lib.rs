@@ -26,4 +26,5 @@ pub use relperf_models as models;
 pub use relperf_positional as positional;
 pub use relperf_train as train;
 
+pub mod allocator;
 pub mod backend;

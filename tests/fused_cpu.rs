@@ -156,3 +156,167 @@ fn only_ndarray_in_f32_takes_the_fused_path() {
     #[cfg(feature = "flex")]
     assert!(!is_fused::<burn::backend::Flex>());
 }
+
+/// `to_f64` for any rank.
+fn as_f64<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<F64, D> {
+    let f64 = burn::tensor::DType::F64;
+    Tensor::from_data(t.into_data().convert_dtype(f64), (&Default::default(), f64))
+}
+
+/// `t` on backend `A` in its float dtype, taking a gradient.
+fn on<A: Backend, B: Backend, const D: usize>(t: &Tensor<B, D>) -> Tensor<A, D> {
+    let dtype = <A::FloatElem as Element>::dtype();
+    Tensor::from_data(
+        t.to_data().convert_dtype(dtype),
+        (&Default::default(), dtype),
+    )
+}
+
+/// Linear attention's output and the gradients of `sum(out * weights)`
+/// with respect to `phi(Q)`, `phi(K)` and `V`, on `A`, fused or plain, in
+/// f64.
+fn linear_and_grads<A: AutodiffBackend, B: Backend>(
+    inputs: &[Tensor<B, 4>; 4],
+    fused: bool,
+) -> Vec<Tensor<F64, 4>> {
+    use relative_performer::favor::attention::{linear_attention, linear_attention_reference};
+    let [q, k, v] = [0, 1, 2].map(|i| on::<A, B, 4>(&inputs[i]).require_grad());
+    let weights = on::<A, B, 4>(&inputs[3]);
+    let out = if fused {
+        linear_attention(q.clone(), k.clone(), v.clone())
+    } else {
+        linear_attention_reference(q.clone(), k.clone(), v.clone())
+    };
+    let grads = (out.clone() * weights).sum().backward();
+    let mut all = vec![as_f64(out.inner())];
+    for t in [q, k, v] {
+        all.push(as_f64(t.grad(&grads).expect("a gradient")));
+    }
+    all
+}
+
+struct LinearCheck;
+
+impl BackendTask for LinearCheck {
+    type Output = Vec<String>;
+    fn run<B: Backend>(self, device: B::Device) -> Vec<String> {
+        let mut report = Vec::new();
+        for (b, h, n, m, e) in [(2, 3, 37, 16, 8), (1, 4, 1025, 110, 32)] {
+            B::seed(&device, 3);
+            // positive features spanning orders of magnitude, as exp gives
+            let features = || {
+                Tensor::<B, 4>::random([b, h, n, m], Distribution::Normal(0.0, 2.0), &device).exp()
+            };
+            let inputs = [
+                features(),
+                features(),
+                Tensor::random([b, h, n, e], Distribution::Normal(0.0, 1.0), &device),
+                Tensor::random([b, h, n, e], Distribution::Normal(0.0, 1.0), &device),
+            ];
+            let fused = linear_and_grads::<Autodiff<B>, B>(&inputs, true);
+            let plain = linear_and_grads::<Autodiff<B>, B>(&inputs, false);
+            let exact = linear_and_grads::<Autodiff<F64>, B>(&inputs, false);
+            let names = ["out", "dQ'", "dK'", "dV"];
+            let mut line = format!(
+                "{} [{b}, {h}, {n}] m {m} e {e}, relative errors against f64 (fused / plain):",
+                B::name(&device)
+            );
+            for i in 0..4 {
+                let (f, p) = (
+                    rel_err(fused[i].clone(), exact[i].clone()),
+                    rel_err(plain[i].clone(), exact[i].clone()),
+                );
+                line += &format!(" {} {f:.1e} / {p:.1e}", names[i]);
+                assert!(f <= (4.0 * p).max(2e-6), "{line}");
+            }
+            // without autodiff, the same output
+            let inference = as_f64(relative_performer::favor::linear_attention(
+                inputs[0].clone(),
+                inputs[1].clone(),
+                inputs[2].clone(),
+            ));
+            let err = rel_err(inference, exact[0].clone());
+            assert!(err <= 2e-6, "inference {err:.1e}; {line}");
+            report.push(line);
+        }
+        report
+    }
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn fused_linear_attention_equals_the_plain_ops_outputs_and_gradients() {
+    for line in run_on(BackendKind::Ndarray, LinearCheck).expect("ndarray is compiled in") {
+        println!("{line}");
+    }
+}
+
+struct GeluCheck;
+
+impl BackendTask for GeluCheck {
+    type Output = String;
+    fn run<B: Backend>(self, device: B::Device) -> String {
+        use burn::tensor::activation::gelu;
+        use relative_performer::favor::host;
+        // every value in [-12, 12] at steps of 1/512, and 2^16 + 5 normal
+        // draws (more than one task's chunk)
+        let grid: Vec<f32> = (-6144..=6144).map(|i| i as f32 / 512.0).collect();
+        let grid = Tensor::<B, 1>::from_data(TensorData::new(grid.clone(), [grid.len()]), &device);
+        B::seed(&device, 9);
+        let draws = Tensor::<B, 1>::random([65_541], Distribution::Normal(0.0, 3.0), &device);
+        let x = Tensor::cat(vec![grid, draws], 0);
+        let weights = Tensor::<B, 1>::random(x.dims(), Distribution::Normal(0.0, 1.0), &device);
+        // fused on Autodiff<B>
+        let xa = on::<Autodiff<B>, B, 1>(&x).require_grad();
+        let y = host::gelu(xa.clone()).expect("the fused path");
+        let grads = (y.clone() * on::<Autodiff<B>, B, 1>(&weights))
+            .sum()
+            .backward();
+        let (y, g) = (as_f64(y.inner()), as_f64(xa.grad(&grads).unwrap()));
+        // exact in f64: x Phi(x), and g (Phi(x) + x phi(x))
+        let x64 = as_f64(x.clone());
+        let cdf = x64
+            .clone()
+            .div_scalar(std::f64::consts::SQRT_2)
+            .erf()
+            .add_scalar(1.0)
+            .mul_scalar(0.5);
+        let pdf = (x64.clone() * x64.clone())
+            .mul_scalar(-0.5)
+            .exp()
+            .div_scalar((2.0 * std::f64::consts::PI).sqrt());
+        let want_y = gelu(x64.clone());
+        let want_g = (cdf + x64.clone() * pdf) * as_f64(weights);
+        let inference = as_f64(host::gelu(x.clone()).expect("the fused path"));
+        let plain = as_f64(gelu(x));
+        let errs = [
+            rel_err(y, want_y.clone()),
+            rel_err(inference, want_y.clone()),
+            rel_err(plain, want_y),
+            rel_err(g, want_g),
+        ];
+        let line = format!(
+            "{}: GELU relative errors against f64: fused {:.1e} (inference {:.1e}), Burn's f32 {:.1e}; gradient fused {:.1e}",
+            B::name(&device),
+            errs[0],
+            errs[1],
+            errs[2],
+            errs[3]
+        );
+        assert!(
+            errs[0] <= (4.0 * errs[2]).max(5e-7) && errs[1] == errs[0],
+            "{line}"
+        );
+        assert!(errs[3] <= 1e-6, "{line}");
+        line
+    }
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn fused_gelu_equals_the_exact_gelu_and_its_derivative() {
+    println!(
+        "{}",
+        run_on(BackendKind::Ndarray, GeluCheck).expect("ndarray is compiled in")
+    );
+}

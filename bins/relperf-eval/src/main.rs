@@ -198,6 +198,7 @@ fn parse_model(s: &str) -> Result<ModelKind, String> {
 static PANIC: Mutex<Option<String>> = Mutex::new(None);
 
 fn main() -> ExitCode {
+    relative_performer::allocator::keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),

@@ -663,6 +663,7 @@ fn fail(e: &RunError) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    relative_performer::allocator::keep_freed_memory();
     let cli = match parse_cli() {
         Ok(c) => c,
         Err(code) => return code,

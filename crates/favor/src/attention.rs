@@ -7,7 +7,8 @@ use burn::tensor::activation::softmax;
 /// the normaliser through the same products as the values.
 pub fn with_ones<B: Backend>(v: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, h, n, _] = v.dims();
-    let ones = Tensor::ones([b, h, n, 1], &v.device());
+    // v's dtype: Burn 0.21 keys a device's default float dtype by device type
+    let ones = Tensor::ones([b, h, n, 1], (&v.device(), v.dtype()));
     Tensor::cat(vec![v, ones], 3)
 }
 
@@ -29,6 +30,21 @@ pub fn normalise<B: Backend>(out: Tensor<B, 4>) -> Tensor<B, 4> {
 /// -> `[b, h, n, e]`, in `O(n m e)` time and `O(n (m + e))` memory; no
 /// `n x j` tensor.
 pub fn linear_attention<B: Backend>(
+    q_features: Tensor<B, 4>,
+    k_features: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let (q_features, k_features, v) = match crate::host::linear_attention(q_features, k_features, v)
+    {
+        Ok(out) => return out,
+        Err(inputs) => inputs,
+    };
+    linear_attention_reference(q_features, k_features, v)
+}
+
+/// [`linear_attention`] in plain tensor ops on every backend: the
+/// reference the fused CPU kernel ([`crate::host`]) is tested against.
+pub fn linear_attention_reference<B: Backend>(
     q_features: Tensor<B, 4>,
     k_features: Tensor<B, 4>,
     v: Tensor<B, 4>,

@@ -177,8 +177,14 @@ fn default_gelu_backward<B: Backend>(device: &B::Device) -> bool {
 /// and returns `gelu(x_d) + (x - x_d) s`: the same value (`x - x_d` is
 /// exactly zero), and a backward of one product instead of the default's
 /// fifteen passes (a third of the ndarray train step's elementwise time).
-/// Elsewhere, and without autodiff, Burn's GELU.
+/// Elsewhere, and without autodiff, Burn's GELU. On burn-ndarray in `f32`
+/// the fused CPU kernel [`relperf_favor::host::gelu`] takes its place,
+/// forward and backward.
 fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let x = match relperf_favor::host::gelu(x) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
     let device = x.device();
     if !B::ad_enabled(&device) || !default_gelu_backward::<B>(&device) {
         return burn::tensor::activation::gelu(x);
