@@ -320,3 +320,75 @@ fn fused_gelu_equals_the_exact_gelu_and_its_derivative() {
         run_on(BackendKind::Ndarray, GeluCheck).expect("ndarray is compiled in")
     );
 }
+
+struct RingCheck;
+
+impl BackendTask for RingCheck {
+    type Output = Vec<String>;
+    fn run<B: Backend>(self, device: B::Device) -> Vec<String> {
+        use relative_performer::positional::clipped::{ring_sums, ring_sums_reference};
+        let mut report = Vec::new();
+        for (b, h, height, width, e, rings) in [
+            (2, 3, 7, 9, 5, 4),
+            (1, 2, 5, 4, 3, 8),
+            (2, 2, 32, 32, 33, 8),
+        ] {
+            let n = height * width;
+            B::seed(&device, 21);
+            let v = Tensor::<B, 4>::random([b, h, n, e], Distribution::Normal(0.0, 1.0), &device);
+            let weights: Vec<Tensor<B, 4>> = (0..rings)
+                .map(|_| Tensor::random([b, h, n, e], Distribution::Normal(0.0, 1.0), &device))
+                .collect();
+            // the rings and d/dv sum_c sum(ring_c * weights_c), in f64
+            fn run<A: AutodiffBackend, B: Backend>(
+                v: &Tensor<B, 4>,
+                weights: &[Tensor<B, 4>],
+                (height, width, rings): (usize, usize, usize),
+                fused: bool,
+            ) -> (Vec<Tensor<F64, 4>>, Tensor<F64, 4>) {
+                let va = on::<A, B, 4>(v).require_grad();
+                let out = if fused {
+                    ring_sums(va.clone(), height, width, rings)
+                } else {
+                    ring_sums_reference(va.clone(), height, width, rings)
+                };
+                let loss = out
+                    .iter()
+                    .zip(weights)
+                    .map(|(r, w)| (r.clone() * on::<A, B, 4>(w)).sum())
+                    .reduce(|a, b| a + b)
+                    .expect("rings");
+                let grads = loss.backward();
+                let g = as_f64(va.grad(&grads).expect("a gradient"));
+                (out.into_iter().map(|r| as_f64(r.inner())).collect(), g)
+            }
+            let dims = (height, width, rings);
+            let (fused, g_fused) = run::<Autodiff<B>, B>(&v, &weights, dims, true);
+            let (_, g_plain) = run::<Autodiff<B>, B>(&v, &weights, dims, false);
+            let (exact, g_exact) = run::<Autodiff<F64>, B>(&v, &weights, dims, false);
+            let inference = ring_sums(v.clone(), height, width, rings);
+            let mut worst: f64 = 0.0;
+            for ((f, x), i) in fused.into_iter().zip(&exact).zip(inference) {
+                worst = worst
+                    .max(rel_err(f, x.clone()))
+                    .max(rel_err(as_f64(i), x.clone()));
+            }
+            let (gf, gp) = (rel_err(g_fused, g_exact.clone()), rel_err(g_plain, g_exact));
+            let line = format!(
+                "{} [{b}, {h}] {height}x{width} e {e} rings {rings}: relative errors against f64: rings {worst:.1e}; dv fused {gf:.1e}, plain {gp:.1e}",
+                B::name(&device)
+            );
+            assert!(worst <= 2e-6 && gf <= (4.0 * gp).max(2e-6), "{line}");
+            report.push(line);
+        }
+        report
+    }
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn fused_ring_sums_equal_the_plain_ops_outputs_and_gradients() {
+    for line in run_on(BackendKind::Ndarray, RingCheck).expect("ndarray is compiled in") {
+        println!("{line}");
+    }
+}

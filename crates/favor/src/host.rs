@@ -7,7 +7,8 @@
 //!   vectorises;
 //! * normalised linear attention ([`crate::attention::linear_attention`]):
 //!   both products and the normaliser of a slice in one task;
-//! * GELU ([`gelu`]), for the models' feed-forward layers.
+//! * GELU ([`gelu`]), for the models' feed-forward layers;
+//! * the ring sums of strategy 2 ([`ring_sums`]).
 //!
 //! Measured with `examples/bench_step` (dim 128, depth 4, batch 16, medians
 //! of 3 steps, 2-core CPU, each column with the allocator setting of
@@ -765,6 +766,154 @@ pub(crate) fn linear_attention<B: Backend>(
     #[cfg(feature = "ndarray")]
     on!(burn_ndarray::NdArray<f32>);
     Err((q, k, v))
+}
+
+/// The ring sums of [`ring_sums`] on `slices` images of `height x width`
+/// pixels with `e` channels each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RingDims {
+    slices: usize,
+    height: usize,
+    width: usize,
+    e: usize,
+    rings: usize,
+}
+
+impl RingDims {
+    fn image(&self) -> usize {
+        self.height * self.width * self.e
+    }
+
+    /// Adds ring `c` of `src` (one image) to `dst`: every pixel gets the
+    /// sum of the pixels at L1 distance exactly `c` (zero outside the
+    /// image), row segments at a time.
+    fn add_ring(&self, c: usize, src: &[f32], dst: &mut [f32]) {
+        let (h, w, e) = (self.height as isize, self.width as isize, self.e);
+        let c = c as isize;
+        if c == 0 {
+            dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+            return;
+        }
+        for dy in -c..=c {
+            let rest = c - dy.abs();
+            let dxs: &[isize] = if rest == 0 { &[0] } else { &[-rest, rest] };
+            for &dx in dxs {
+                let (x0, x1) = (0.max(-dx), w.min(w - dx));
+                if x0 >= x1 {
+                    continue;
+                }
+                let len = (x1 - x0) as usize * e;
+                for y in 0.max(-dy)..h.min(h - dy) {
+                    let to = ((y * w + x0) as usize) * e;
+                    let from = (((y + dy) * w + x0 + dx) as usize) * e;
+                    dst[to..to + len]
+                        .iter_mut()
+                        .zip(&src[from..from + len])
+                        .for_each(|(d, s)| *d += s);
+                }
+            }
+        }
+    }
+
+    /// `[rings, slices, height width, e]` of `v [slices, height width, e]`.
+    fn forward(&self, v: &[f32]) -> Vec<f32> {
+        let image = self.image();
+        let mut out = vec![0.0f32; self.rings * v.len()];
+        out.par_chunks_mut(image).enumerate().for_each(|(i, dst)| {
+            let (c, slice) = (i / self.slices, i % self.slices);
+            self.add_ring(c, &v[slice * image..(slice + 1) * image], dst);
+        });
+        out
+    }
+
+    /// The gradient with respect to `v` given the rings' `g`: each ring is
+    /// symmetric (its offsets come in pairs `o`, `-o`), so its adjoint is
+    /// itself.
+    fn backward(&self, g: &[f32]) -> Vec<f32> {
+        let image = self.image();
+        let mut dv = vec![0.0f32; self.slices * image];
+        dv.par_chunks_mut(image)
+            .enumerate()
+            .for_each(|(slice, dst)| {
+                for c in 0..self.rings {
+                    let at = (c * self.slices + slice) * image;
+                    self.add_ring(c, &g[at..at + image], dst);
+                }
+            });
+        dv
+    }
+}
+
+#[derive(Debug)]
+struct RingBackward;
+
+impl<I: HostIo> Backward<I, 1> for RingBackward {
+    /// The dims and the input's shape.
+    type State = (RingDims, Vec<usize>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (dims, shape) = ops.state;
+        unary::<I, _>(ops.parents, ops.node, grads, |grad| {
+            let device = I::float_device(&grad);
+            let dv = I::with_slice(&grad, |g| dims.backward(g));
+            I::from_vec(dv, &shape, &device)
+        });
+    }
+}
+
+/// The ring sums of strategy 2 (the positional crate's `ring_sums`) in one
+/// multi-threaded pass, forward and backward, when [`is_fused`]; the input
+/// back otherwise.
+///
+/// `v [b, h, height, width, e]` -> `[rings, b, h, height, width, e]`, ring
+/// `c` (`0..rings`) holding at each pixel the sum of `v` over the pixels at
+/// L1 distance exactly `c` (zero padding). The plain ops take one shifted
+/// copy and one addition of the whole tensor per ring point (112 of each for
+/// clipping distance 8); here each image adds row segments in place.
+pub fn ring_sums<B: Backend>(v: Tensor<B, 5>, rings: usize) -> Result<Tensor<B, 6>, Tensor<B, 5>> {
+    if !is_fused::<B>() || rings == 0 {
+        return Err(v);
+    }
+    let [b, h, height, width, e] = v.dims();
+    let dims = RingDims {
+        slices: b * h,
+        height,
+        width,
+        e,
+        rings,
+    };
+    let out_shape = [rings, b, h, height, width, e];
+    let in_shape = v.dims().to_vec();
+    macro_rules! on {
+        ($inner:ty) => {
+            type I = $inner;
+            if TypeId::of::<B>() == TypeId::of::<I>() {
+                let x: FloatTensor<I> = same(v.into_primitive().tensor());
+                let out = I::with_slice(&x, |vs| dims.forward(vs));
+                let out = I::from_vec(out, &out_shape, &I::float_device(&x));
+                return Ok(Tensor::from_primitive(TensorPrimitive::Float(same(out))));
+            }
+            if TypeId::of::<B>() == TypeId::of::<Autodiff<I>>() {
+                let x: FloatTensor<Autodiff<I>> = same(v.into_primitive().tensor());
+                let out = I::with_slice(&x.primitive, |vs| dims.forward(vs));
+                let out = I::from_vec(out, &out_shape, &I::float_device(&x.primitive));
+                let out = match <RingBackward as Backward<I, 1>>::prepare::<NoCheckpointing>(
+                    RingBackward,
+                    [x.node.clone()],
+                )
+                .compute_bound()
+                .stateful()
+                {
+                    OpsKind::Tracked(prep) => prep.finish((dims, in_shape), out),
+                    OpsKind::UnTracked(prep) => prep.finish(out),
+                };
+                return Ok(Tensor::from_primitive(TensorPrimitive::Float(same(out))));
+            }
+        };
+    }
+    #[cfg(feature = "ndarray")]
+    on!(burn_ndarray::NdArray<f32>);
+    Err(v)
 }
 
 #[cfg(test)]

@@ -102,6 +102,31 @@ pub fn ring_sums<B: Backend>(
 ) -> Vec<Tensor<B, 4>> {
     let [b, h, n, e] = v.dims();
     assert_eq!(n, height * width, "ring sums take the pixels only");
+    let v = match relperf_favor::host::ring_sums(v.reshape([b, h, height, width, e]), clipping_dist)
+    {
+        Ok(rings) => {
+            // [C, b, h, height, width, e]: each ring a contiguous block
+            return (0..clipping_dist)
+                .map(|c| rings.clone().narrow(0, c, 1).reshape([b, h, n, e]))
+                .collect();
+        }
+        Err(v) => v.reshape([b, h, n, e]),
+    };
+    ring_sums_reference(v, height, width, clipping_dist)
+}
+
+/// [`ring_sums`] in plain tensor ops on every backend (one shifted view and
+/// one addition per ring point): the reference of the fused CPU kernel
+/// `relperf_favor::host::ring_sums`, which [`ring_sums`] takes on
+/// burn-ndarray in `f32`.
+pub fn ring_sums_reference<B: Backend>(
+    v: Tensor<B, 4>,
+    height: usize,
+    width: usize,
+    clipping_dist: usize,
+) -> Vec<Tensor<B, 4>> {
+    let [b, h, n, e] = v.dims();
+    assert_eq!(n, height * width, "ring sums take the pixels only");
     let pad = clipping_dist.saturating_sub(1);
     let grid = v.reshape([b, h, height, width, e]);
     let device = grid.device();
@@ -110,9 +135,9 @@ pub fn ring_sums<B: Backend>(
     let padded = if pad == 0 {
         grid.clone()
     } else {
-        let side = Tensor::zeros([b, h, height, pad, e], &device);
+        let side = Tensor::zeros([b, h, height, pad, e], (&device, grid.dtype()));
         let rows = Tensor::cat(vec![side.clone(), grid.clone(), side], 3);
-        let top = Tensor::zeros([b, h, pad, pw, e], &device);
+        let top = Tensor::zeros([b, h, pad, pw, e], (&device, grid.dtype()));
         Tensor::cat(vec![top.clone(), rows, top], 2)
     };
     let shifted = |dy: isize, dx: isize| -> Tensor<B, 5> {
@@ -166,11 +191,11 @@ pub fn clipped_attention<B: Backend>(
     let rings = ring_sums(v1.narrow(2, 1, pixels), height, width, c_max);
     let s_pix = s.narrow(2, 1, pixels);
     let far_pix = far.narrow(2, 1, pixels);
-    let mut window = Tensor::zeros([b, h, pixels, e], &global.device());
+    let mut window = Tensor::zeros([b, h, pixels, e], (&global.device(), global.dtype()));
     for (c, ring) in rings.into_iter().enumerate() {
         let w = s_pix.clone().narrow(3, c, 1) - far_pix.clone();
         window = window + w * ring;
     }
-    let class_row = Tensor::zeros([b, h, 1, e], &window.device());
+    let class_row = Tensor::zeros([b, h, 1, e], (&window.device(), window.dtype()));
     normalise(global + Tensor::cat(vec![class_row, window], 2))
 }
