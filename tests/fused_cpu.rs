@@ -20,12 +20,6 @@ use relative_performer::favor::host::is_fused;
 /// The f64 reference of the gradients.
 type F64 = burn::backend::NdArray<f64>;
 
-/// `t` in f64.
-fn to_f64<B: Backend>(t: Tensor<B, 4>) -> Tensor<F64, 4> {
-    let f64 = burn::tensor::DType::F64;
-    Tensor::from_data(t.into_data().convert_dtype(f64), (&Default::default(), f64))
-}
-
 /// The features of `x` and `d/dx sum(features(x) * weights)` on backend
 /// `A`, fused or plain, in f64.
 fn features_and_grad<A: AutodiffBackend, B: Backend>(
@@ -35,18 +29,13 @@ fn features_and_grad<A: AutodiffBackend, B: Backend>(
     is_query: bool,
     fused: bool,
 ) -> (Tensor<F64, 4>, Tensor<F64, 4>) {
-    // The dtype explicitly: Burn 0.21 keys a device's default float dtype by
-    // the device type, which NdArray<f32> and NdArray<f64> share, so the
-    // first backend to touch the CPU fixes it for the process.
-    let device = Default::default();
+    // `on` gives the dtype explicitly: Burn 0.21 keys a device's default
+    // float dtype by the device type, which NdArray<f32> and NdArray<f64>
+    // share, so the first backend to touch the CPU fixes it for the process.
     let dtype = <A::FloatElem as Element>::dtype();
-    let on = |data: TensorData| (data.convert_dtype(dtype), (&device, dtype));
-    let (data, opts) = on(x.to_data());
-    let xa = Tensor::<A, 4>::from_data(data, opts).require_grad();
-    let (data, opts) = on(w.to_data());
-    let wa = Tensor::<A, 2>::from_data(data, opts);
-    let (data, opts) = on(weights.to_data());
-    let weights = Tensor::<A, 4>::from_data(data, opts);
+    let xa = on::<A, B, 4>(x).require_grad();
+    let wa = on::<A, B, 2>(w);
+    let weights = on::<A, B, 4>(weights);
     let f = if fused {
         softmax_features_up_to_scale(xa.clone(), wa, is_query)
     } else {
@@ -55,7 +44,7 @@ fn features_and_grad<A: AutodiffBackend, B: Backend>(
     let grads = (f.clone() * weights).sum().backward();
     let g = xa.grad(&grads).expect("x takes a gradient");
     assert_eq!(g.dtype(), dtype);
-    (to_f64(f.inner()), to_f64(g))
+    (as_f64(f.inner()), as_f64(g))
 }
 
 /// Largest `|a - b|` over the largest `|b|`.
@@ -108,7 +97,7 @@ impl BackendTask for FeaturesCheck {
                 let (f_exact, g_exact) =
                     features_and_grad::<A<F64>, B>(&x, &w, &weights, is_query, false);
                 let inference =
-                    to_f64(softmax_features_up_to_scale(x.clone(), w.clone(), is_query));
+                    as_f64(softmax_features_up_to_scale(x.clone(), w.clone(), is_query));
                 let errs = [
                     rel_err(f_fused, f_exact.clone()),
                     rel_err(inference, f_exact.clone()),
