@@ -381,3 +381,241 @@ fn fused_ring_sums_equal_the_plain_ops_outputs_and_gradients() {
         println!("{line}");
     }
 }
+
+/// A dense layer's output and the gradients of `sum(out * weights)` with
+/// respect to `x`, `W` and the bias, on `A`, fused or plain
+/// (`x W + b` in Burn's ops, as `Linear::forward`), in f64.
+fn dense_and_grads<A: AutodiffBackend, B: Backend>(
+    x: &Tensor<B, 3>,
+    w: &Tensor<B, 2>,
+    bias: &Tensor<B, 1>,
+    weights: &Tensor<B, 3>,
+    fused: bool,
+) -> Vec<Tensor<F64, 3>> {
+    use relative_performer::favor::host::dense;
+    let xa = on::<A, B, 3>(x).require_grad();
+    let wa = on::<A, B, 2>(w).require_grad();
+    let ba = on::<A, B, 1>(bias).require_grad();
+    let out = if fused {
+        dense(xa.clone(), wa.clone(), ba.clone())
+            .unwrap_or_else(|_| panic!("the fused dense layer takes these shapes"))
+    } else {
+        xa.clone().matmul(wa.clone().unsqueeze()) + ba.clone().unsqueeze()
+    };
+    let grads = (out.clone() * on::<A, B, 3>(weights)).sum().backward();
+    let gw = wa.grad(&grads).expect("W takes a gradient");
+    let gb = ba.grad(&grads).expect("b takes a gradient");
+    vec![
+        as_f64(out.inner()),
+        as_f64(xa.grad(&grads).expect("x takes a gradient")),
+        as_f64(gw.unsqueeze()),
+        as_f64(gb.unsqueeze()),
+    ]
+}
+
+struct DenseCheck;
+
+impl BackendTask for DenseCheck {
+    type Output = Vec<String>;
+    fn run<B: Backend>(self, device: B::Device) -> Vec<String> {
+        let mut report = Vec::new();
+        for (b, n, input, output) in [(2, 37, 24, 40), (3, 1025, 32, 96), (1, 5, 128, 10)] {
+            B::seed(&device, 5);
+            let normal = Distribution::Normal(0.0, 1.0);
+            let x = Tensor::<B, 3>::random([b, n, input], normal, &device);
+            let w = Tensor::<B, 2>::random([input, output], normal, &device);
+            let bias = Tensor::<B, 1>::random([output], normal, &device);
+            let weights = Tensor::<B, 3>::random([b, n, output], normal, &device);
+            let fused = dense_and_grads::<Autodiff<B>, B>(&x, &w, &bias, &weights, true);
+            let plain = dense_and_grads::<Autodiff<B>, B>(&x, &w, &bias, &weights, false);
+            let exact = dense_and_grads::<Autodiff<F64>, B>(&x, &w, &bias, &weights, false);
+            let mut line = format!(
+                "{} dense [{b}, {n}, {input}] -> {output}, relative errors against f64 (fused / plain):",
+                B::name(&device)
+            );
+            for (i, name) in ["out", "dx", "dW", "db"].iter().enumerate() {
+                let f = rel_err(fused[i].clone(), exact[i].clone());
+                let p = rel_err(plain[i].clone(), exact[i].clone());
+                line += &format!(" {name} {f:.1e} / {p:.1e}");
+                assert!(f <= (4.0 * p).max(2e-6), "{line}");
+            }
+            let inference = relative_performer::favor::host::dense(x, w, bias)
+                .unwrap_or_else(|_| panic!("the fused dense layer takes these shapes"));
+            let err = rel_err(as_f64(inference), exact[0].clone());
+            assert!(err <= 2e-6, "inference {err:.1e}; {line}");
+            report.push(line);
+        }
+        report
+    }
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn fused_dense_layer_equals_the_plain_ops_outputs_and_gradients() {
+    for line in run_on(BackendKind::Ndarray, DenseCheck).expect("ndarray is compiled in") {
+        println!("{line}");
+    }
+}
+
+struct PermuteCheck;
+
+impl BackendTask for PermuteCheck {
+    type Output = ();
+    fn run<B: Backend>(self, device: B::Device) {
+        use relative_performer::favor::host::permute_contiguous;
+        type A<B> = Autodiff<B>;
+        B::seed(&device, 9);
+        let normal = Distribution::Normal(0.0, 1.0);
+        // the heads' split and merge of the models, and a rank-3 case
+        let x5 = Tensor::<B, 5>::random([2, 37, 3, 4, 8], normal, &device);
+        let w5 = Tensor::<B, 5>::random([3, 2, 4, 37, 8], normal, &device);
+        let x4 = Tensor::<B, 4>::random([2, 4, 37, 8], normal, &device);
+        let w4 = Tensor::<B, 4>::random([2, 37, 4, 8], normal, &device);
+        fn check<B: Backend, const D: usize>(
+            x: &Tensor<B, D>,
+            weights: &Tensor<B, D>,
+            perm: [usize; D],
+        ) {
+            let run = |fused: bool| {
+                let xa = on::<A<B>, B, D>(x).require_grad();
+                let y = if fused {
+                    permute_contiguous(xa.clone(), perm)
+                        .unwrap_or_else(|_| panic!("the fused permutation takes {perm:?}"))
+                } else {
+                    xa.clone().permute(perm)
+                };
+                let grads = (y.clone() * on::<A<B>, B, D>(weights)).sum().backward();
+                (
+                    y.inner().into_data(),
+                    xa.grad(&grads).expect("x's gradient").into_data(),
+                )
+            };
+            let (fused, plain) = (run(true), run(false));
+            // pure data movement: equal bit for bit, and the shapes too
+            assert_eq!(fused.0, plain.0, "values of {perm:?}");
+            assert_eq!(fused.1, plain.1, "gradients of {perm:?}");
+            let inference = permute_contiguous(x.clone(), perm)
+                .unwrap_or_else(|_| panic!("the fused permutation takes {perm:?}"));
+            assert_eq!(inference.into_data(), plain.0, "inference of {perm:?}");
+        }
+        check(&x5, &w5, [2, 0, 3, 1, 4]);
+        check(&x4, &w4, [0, 2, 1, 3]);
+        let x3 = Tensor::<B, 3>::random([5, 6, 7], normal, &device);
+        let w3 = Tensor::<B, 3>::random([6, 5, 7], normal, &device);
+        check(&x3, &w3, [1, 0, 2]);
+        // a permutation that moves the last axis is not taken
+        assert!(permute_contiguous(x3.clone(), [2, 1, 0]).is_err());
+        assert!(permute_contiguous(x3, [0, 0, 2]).is_err());
+    }
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn fused_permutation_equals_burns_permute_values_and_gradients() {
+    run_on(BackendKind::Ndarray, PermuteCheck).expect("ndarray is compiled in");
+}
+
+/// The inputs of the separable periodic sums: `phi(Q), phi(K) [b, h, n, m]`,
+/// `V1 [b, h, n, e]`, `u [h, n, 2, p]`, `psi_y [height, p]`, `psi_x [width, p]`,
+/// and the weights of the loss `[b, h, n, e]`.
+struct PeriodicCase<B: Backend> {
+    qf: Tensor<B, 4>,
+    kf: Tensor<B, 4>,
+    v1: Tensor<B, 4>,
+    u: Tensor<B, 4>,
+    psi_y: Tensor<B, 2>,
+    psi_x: Tensor<B, 2>,
+    weights: Tensor<B, 4>,
+}
+
+/// The separable sums and the gradients of `sum(out * weights)` with
+/// respect to `phi(Q)`, `phi(K)`, `V1` and `u`, on `A`, fused or plain, in
+/// f64.
+fn periodic_and_grads<A: AutodiffBackend, B: Backend>(
+    case: &PeriodicCase<B>,
+    fused: bool,
+) -> Vec<Tensor<F64, 4>> {
+    use relative_performer::favor::host::separable_periodic;
+    use relative_performer::positional::periodic::separable_product_reference;
+    let [qf, kf, v1, u] =
+        [&case.qf, &case.kf, &case.v1, &case.u].map(|t| on::<A, B, 4>(t).require_grad());
+    let (psi_y, psi_x) = (on::<A, B, 2>(&case.psi_y), on::<A, B, 2>(&case.psi_x));
+    let inputs = (qf.clone(), kf.clone(), v1.clone(), u.clone(), psi_y, psi_x);
+    let out = if fused {
+        separable_periodic(inputs).unwrap_or_else(|_| panic!("the fused kernel takes these shapes"))
+    } else {
+        let (qf, kf, v1, u, psi_y, psi_x) = inputs;
+        separable_product_reference(qf, kf, v1, u, psi_y, psi_x)
+    };
+    let grads = (out.clone() * on::<A, B, 4>(&case.weights))
+        .sum()
+        .backward();
+    let mut all = vec![as_f64(out.inner())];
+    for t in [qf, kf, v1, u] {
+        all.push(as_f64(t.grad(&grads).expect("a gradient")));
+    }
+    all
+}
+
+struct PeriodicCheck;
+
+impl BackendTask for PeriodicCheck {
+    type Output = Vec<String>;
+    fn run<B: Backend>(self, device: B::Device) -> Vec<String> {
+        use relative_performer::positional::periodic::axis_basis;
+        let mut report = Vec::new();
+        // (b, h, height, width, harmonics, m, e): a small non-square image,
+        // and the models' 32 x 32 with the head dim's features
+        for (b, h, hh, ww, harmonics, m, e) in [(2, 3, 5, 4, 2, 8, 9), (1, 2, 32, 32, 4, 32, 33)] {
+            B::seed(&device, 11);
+            let n = 1 + hh * ww;
+            let normal = Distribution::Normal(0.0, 1.0);
+            let features = || {
+                Tensor::<B, 4>::random([b, h, n, m], Distribution::Normal(0.0, 1.0), &device).exp()
+            };
+            let psi_y = axis_basis::<B>(hh, harmonics, &device);
+            let psi_x = axis_basis::<B>(ww, harmonics, &device);
+            let p = psi_y.dims()[1];
+            assert_eq!(psi_x.dims()[1], p);
+            let case = PeriodicCase {
+                qf: features(),
+                kf: features(),
+                v1: Tensor::random([b, h, n, e], normal, &device),
+                u: Tensor::random([h, n, 2, p], normal, &device),
+                psi_y,
+                psi_x,
+                weights: Tensor::random([b, h, n, e], normal, &device),
+            };
+            let fused = periodic_and_grads::<Autodiff<B>, B>(&case, true);
+            let plain = periodic_and_grads::<Autodiff<B>, B>(&case, false);
+            let exact = periodic_and_grads::<Autodiff<F64>, B>(&case, false);
+            let mut line = format!(
+                "{} periodic [{b}, {h}] {hh}x{ww} p {p} m {m} e {e}, relative errors against f64 (fused / plain):",
+                B::name(&device)
+            );
+            for (i, name) in ["out", "dQ'", "dK'", "dV1", "du"].iter().enumerate() {
+                let f = rel_err(fused[i].clone(), exact[i].clone());
+                let pl = rel_err(plain[i].clone(), exact[i].clone());
+                line += &format!(" {name} {f:.1e} / {pl:.1e}");
+                assert!(f <= (4.0 * pl).max(2e-6), "{line}");
+            }
+            let c = case;
+            let inference = relative_performer::favor::host::separable_periodic((
+                c.qf, c.kf, c.v1, c.u, c.psi_y, c.psi_x,
+            ))
+            .unwrap_or_else(|_| panic!("the fused kernel takes these shapes"));
+            let err = rel_err(as_f64(inference), exact[0].clone());
+            assert!(err <= 2e-6, "inference {err:.1e}; {line}");
+            report.push(line);
+        }
+        report
+    }
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn fused_periodic_sums_equal_the_plain_ops_outputs_and_gradients() {
+    for line in run_on(BackendKind::Ndarray, PeriodicCheck).expect("ndarray is compiled in") {
+        println!("{line}");
+    }
+}

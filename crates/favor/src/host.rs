@@ -8,7 +8,12 @@
 //! * normalised linear attention ([`crate::attention::linear_attention`]):
 //!   both products and the normaliser of a slice in one task;
 //! * GELU ([`gelu`]), for the models' feed-forward layers;
-//! * the ring sums of strategy 2 ([`ring_sums`]).
+//! * the ring sums of strategy 2 ([`ring_sums`]);
+//! * dense layers ([`dense`]: `x W + b` in one GEMM, its backward read in
+//!   place) and permutations that keep the last axis, written out in
+//!   standard layout ([`permute_contiguous`]: the heads' split and merge);
+//! * the separable sums of `ExactRelativePerformer`'s periodic attention
+//!   ([`separable_periodic`]).
 //!
 //! Measured with `examples/bench_step` (dim 128, depth 4, batch 16, medians
 //! of 3 steps, 2-core CPU, each column with the allocator setting of
@@ -64,6 +69,11 @@ use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
+
+mod dense;
+mod periodic;
+pub use dense::{dense, permute_contiguous};
+pub use periodic::{PeriodicInputs, separable_periodic};
 
 /// The shape of one `(sample, head)` slice: `n x d` rows, `m` features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

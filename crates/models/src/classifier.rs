@@ -115,11 +115,10 @@ impl<B: Backend> Attention<B> {
     ) -> Tensor<B, 3> {
         let [b, n, dim] = x.dims();
         let (h, d) = (self.heads, dim / self.heads);
-        let qkv = self
-            .to_qkv
-            .forward(x.clone())
-            .reshape([b, n, 3, h, d])
-            .permute([2, 0, 3, 1, 4]);
+        let qkv = permute(
+            linear(&self.to_qkv, x.clone()).reshape([b, n, 3, h, d]),
+            [2, 0, 3, 1, 4],
+        );
         let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([b, h, n, d]);
         let input = AttentionInput {
             q: part(0),
@@ -133,8 +132,10 @@ impl<B: Backend> Attention<B> {
         let out = self.positions.attend(input, self.features.as_ref());
         dropout(
             &self.dropout,
-            self.to_out
-                .forward(out.swap_dims(1, 2).reshape([b, n, dim])),
+            linear(
+                &self.to_out,
+                permute(out, [0, 2, 1, 3]).reshape([b, n, dim]),
+            ),
         )
     }
 }
@@ -172,6 +173,30 @@ fn default_gelu_backward<B: Backend>(device: &B::Device) -> bool {
 /// GELU `x Phi(x)` (erf form, the value of `burn::nn::Gelu`) whose
 /// gradient is the exact `Phi(x) + x phi(x)`, as PyTorch's.
 ///
+/// `l.forward(x)`; on burn-ndarray in `f32` the fused dense layer
+/// [`relperf_favor::host::dense`] (one GEMM onto the bias, forward and
+/// backward), the same value.
+fn linear<B: Backend, const D: usize>(l: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    let Some(bias) = l
+        .bias
+        .as_ref()
+        .filter(|_| relperf_favor::host::is_fused::<B>())
+    else {
+        return l.forward(x);
+    };
+    match relperf_favor::host::dense(x, l.weight.val(), bias.val()) {
+        Ok(y) => y,
+        Err((x, _, _)) => l.forward(x),
+    }
+}
+
+/// `x.permute(perm)`; on burn-ndarray in `f32` written out in standard
+/// layout ([`relperf_favor::host::permute_contiguous`]), so that the narrow
+/// and reshape after it copy nothing.
+fn permute<B: Backend, const D: usize>(x: Tensor<B, D>, perm: [usize; D]) -> Tensor<B, D> {
+    relperf_favor::host::permute_contiguous(x, perm).unwrap_or_else(|x| x.permute(perm))
+}
+
 /// On backends with Burn's default GELU backward ([`default_gelu_backward`])
 /// the training forward computes the slope `s` on a detached copy `x_d`
 /// and returns `gelu(x_d) + (x - x_d) s`: the same value (`x - x_d` is
@@ -299,9 +324,9 @@ impl<B: Backend> Block<B> {
                 .forward(self.attn_norm.forward(x), height, width, positions);
         let hidden = dropout(
             &self.ff_dropout,
-            gelu(self.ff_up.forward(self.ff_norm.forward(x.clone()))),
+            gelu(linear(&self.ff_up, self.ff_norm.forward(x.clone()))),
         );
-        x + dropout(&self.ff_dropout, self.ff_down.forward(hidden))
+        x + dropout(&self.ff_dropout, linear(&self.ff_down, hidden))
     }
 }
 
@@ -470,8 +495,8 @@ impl<B: Backend> ImageClassifier<B> {
         let [b, c, h, w] = images.dims();
         let pixels = images.reshape([b, c, h * w]).swap_dims(1, 2); // [b, n, c]
         let embedded = match &self.content {
-            ContentEmbedding::Linear(l) => l.forward(pixels),
-            ContentEmbedding::Mlp(m) => m.second.forward(gelu(m.first.forward(pixels))),
+            ContentEmbedding::Linear(l) => linear(l, pixels),
+            ContentEmbedding::Mlp(m) => linear(&m.second, gelu(linear(&m.first, pixels))),
             ContentEmbedding::Lookup(_) => {
                 panic!("the lookup embedding takes bytes: call forward_bytes")
             }
@@ -518,7 +543,7 @@ impl<B: Backend> ImageClassifier<B> {
             x = block.forward(x, height, width, positions.clone());
         }
         let class = x.narrow(1, 0, 1).reshape([b, dim]);
-        self.output_layer.forward(self.norm.forward(class))
+        linear(&self.output_layer, self.norm.forward(class))
     }
 
     /// Every attention's random features, in layer order.

@@ -333,10 +333,9 @@ pub fn generic_attention<B: Backend>(
 /// `q, k, v [b, h, n, d]` (token 0 the class token, then the pixels
 /// row-major), `u [h, n, 2, p]` -> `[b, h, n, d]`.
 ///
-/// Keys: `S[p, q] = sum_yx psi_y[y, p] psi_x[x, q] phi(k_yx) (x) v1_yx`, summed
-/// over `x` by one product of `psi_x (x) phi(k)` (`n x q m`) with `v1`, then
-/// over `y`. Queries: `R[p, x] = sum_q u_x[x, q] S[p, q]`, then `out_yx =
-/// sum_{p, m} (u_y[y, p] phi(q_yx)_m) R[p, x, m, :]`, one product per column.
+/// The sums are [`separable_product_reference`]'s; on burn-ndarray in `f32`
+/// the fused CPU kernel `relperf_favor::host::separable_periodic` computes
+/// them, forward and backward, one `(sample, head)` slice per task.
 #[allow(clippy::too_many_arguments)]
 pub fn separable_attention<B: Backend>(
     q: Tensor<B, 4>,
@@ -352,18 +351,52 @@ pub fn separable_attention<B: Backend>(
     let qf = map.features(q, true); // [b, h, n, m]
     let kf = map.features(k, false);
     let v1 = with_ones(v);
+    let [_, h, n, _] = kf.dims();
+    assert_eq!(
+        n,
+        1 + height * width,
+        "tokens must be the class token and the height x width pixels"
+    );
+    let psi_y = axis_basis::<B>(height, harmonics, &device); // [y, p]
+    let psi_x = axis_basis::<B>(width, harmonics, &device); // [x, q]
+    let p = psi_y.dims()[1];
+    let u = u.reshape([h, n, AXES, p]);
+    let out = match relperf_favor::host::separable_periodic((qf, kf, v1, u, psi_y, psi_x)) {
+        Ok(out) => out,
+        Err((qf, kf, v1, u, psi_y, psi_x)) => {
+            separable_product_reference(qf, kf, v1, u, psi_y, psi_x)
+        }
+    };
+    normalise(out)
+}
+
+/// The unnormalised sums of [`separable_attention`] in plain tensor ops
+/// (every backend; the reference of the fused CPU kernel):
+/// `phi(Q), phi(K) [b, h, n, m]`, `V1 = [V, 1] [b, h, n, e]`,
+/// `u [h, n, 2, p]`, the axis bases `psi_y [height, p]`, `psi_x [width, p]`
+/// -> `[b, h, n, e]`.
+///
+/// Keys: `S[p, q] = sum_yx psi_y[y, p] psi_x[x, q] phi(k_yx) (x) v1_yx`, summed
+/// over `x` by one product of `psi_x (x) phi(k)` (`n x q m`) with `v1`, then
+/// over `y`. Queries: `R[p, x] = sum_q u_x[x, q] S[p, q]`, then `out_yx =
+/// sum_{p, m} (u_y[y, p] phi(q_yx)_m) R[p, x, m, :]`, one product per column.
+pub fn separable_product_reference<B: Backend>(
+    qf: Tensor<B, 4>,
+    kf: Tensor<B, 4>,
+    v1: Tensor<B, 4>,
+    u: Tensor<B, 4>,
+    psi_y: Tensor<B, 2>,
+    psi_x: Tensor<B, 2>,
+) -> Tensor<B, 4> {
     let [b, h, n, m] = kf.dims();
     let e = v1.dims()[3];
-    let (hh, ww) = (height, width);
+    let (hh, ww) = (psi_y.dims()[0], psi_x.dims()[0]);
     assert_eq!(
         n,
         1 + hh * ww,
         "tokens must be the class token and the height x width pixels"
     );
-    let psi_y = axis_basis::<B>(hh, harmonics, &device); // [y, p]
-    let psi_x = axis_basis::<B>(ww, harmonics, &device); // [x, q]
     let p = psi_y.dims()[1];
-    let u = u.reshape([h, n, AXES, p]);
     let u_pix = u
         .clone()
         .narrow(1, 1, hh * ww)
@@ -424,5 +457,5 @@ pub fn separable_attention<B: Backend>(
         .reshape([b, h, m, e])
         * a0;
     let class_out = (qf.narrow(2, 0, 1).reshape([b, h, m, 1]) * class_context).sum_dim(2); // [b, h, 1, e]
-    normalise(Tensor::cat(vec![class_out, pixels_out], 2))
+    Tensor::cat(vec![class_out, pixels_out], 2)
 }

@@ -1,0 +1,332 @@
+//! Dense layers and layout changes on the host: the two places where the
+//! models' plain ops spend their time copying rather than computing.
+//!
+//! * [`dense`]: `x W + b` as one GEMM onto the broadcast bias, and in the
+//!   backward `g W^T`, `x^T g` and the bias's column sums read in place. The
+//!   plain ops add the bias in a second, broadcasting pass (burn-ndarray's
+//!   slow general path), copy transposed operands to standard layout before
+//!   each batched product of the backward, and sum the weight's gradient
+//!   over the batch afterwards.
+//! * [`permute_contiguous`]: a permutation that keeps the innermost axis,
+//!   written out in standard layout by row copies. The models split heads
+//!   (`[b, n, 3, h, d] -> [3, b, h, n, d]`) and merge them back
+//!   (`[b, h, n, d] -> [b, n, h, d]`); the plain ops leave a strided view
+//!   that the next reshape copies element by element.
+
+use super::*;
+
+/// `[rows, input] x [input, output] + [output]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DenseDims {
+    rows: usize,
+    input: usize,
+    output: usize,
+}
+
+/// Rows per parallel task where a pass is memory-bound.
+const ROWS_PER_TASK: usize = 256;
+
+impl DenseDims {
+    fn forward(&self, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
+        // one pass writes the bias rows (no zeroing first)
+        let mut y = Vec::with_capacity(self.rows * self.output);
+        for _ in 0..self.rows {
+            y.extend_from_slice(bias);
+        }
+        if self.input > 0 && self.rows > 0 {
+            let x = ArrayView2::from_shape((self.rows, self.input), x).expect("x's length");
+            let w = ArrayView2::from_shape((self.input, self.output), w).expect("w's length");
+            let mut yv = ArrayViewMut2::from_shape((self.rows, self.output), &mut y[..])
+                .expect("y's length");
+            general_mat_mul(1.0, &x, &w, 1.0, &mut yv);
+        }
+        y
+    }
+
+    /// The gradients of `x`, `w` and the bias given the output's `g`.
+    fn backward(&self, x: &[f32], w: &[f32], g: &[f32]) -> [Vec<f32>; 3] {
+        let (rows, input, output) = (self.rows, self.input, self.output);
+        let mut gx = vec![0.0f32; rows * input];
+        let mut gw = vec![0.0f32; input * output];
+        if rows > 0 && input > 0 && output > 0 {
+            let xv = ArrayView2::from_shape((rows, input), x).expect("x's length");
+            let wv = ArrayView2::from_shape((input, output), w).expect("w's length");
+            let gv = ArrayView2::from_shape((rows, output), g).expect("g's length");
+            let mut gxv = ArrayViewMut2::from_shape((rows, input), &mut gx[..]).expect("gx");
+            general_mat_mul(1.0, &gv, &wv.t(), 0.0, &mut gxv);
+            let mut gwv = ArrayViewMut2::from_shape((input, output), &mut gw[..]).expect("gw");
+            general_mat_mul(1.0, &xv.t(), &gv, 0.0, &mut gwv);
+        }
+        let gb = if output == 0 {
+            Vec::new()
+        } else {
+            g.par_chunks(output * ROWS_PER_TASK)
+                .map(|chunk| {
+                    let mut sums = vec![0.0f32; output];
+                    for row in chunk.chunks(output) {
+                        sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+                    }
+                    sums
+                })
+                .reduce(
+                    || vec![0.0f32; output],
+                    |mut a, b| {
+                        a.iter_mut().zip(&b).for_each(|(s, v)| *s += v);
+                        a
+                    },
+                )
+        };
+        [gx, gw, gb]
+    }
+}
+
+#[derive(Debug)]
+struct DenseBackward;
+
+/// The dense layer's inputs (`x`, `W`, bias) and their shapes.
+type DenseState<I> = (DenseDims, [FloatTensor<I>; 2], [Vec<usize>; 3]);
+
+impl<I: HostIo> Backward<I, 3> for DenseBackward {
+    type State = DenseState<I>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<I>(&ops.node);
+        let (dims, [x, w], shapes) = ops.state;
+        let device = I::float_device(&grad);
+        let gs = I::with_slice(&x, |x| {
+            I::with_slice(&w, |w| I::with_slice(&grad, |g| dims.backward(x, w, g)))
+        });
+        for ((parent, g), shape) in ops.parents.into_iter().zip(gs).zip(shapes) {
+            if let Some(node) = parent {
+                grads.register::<I>(node.id, I::from_vec(g, &shape, &device));
+            }
+        }
+    }
+}
+
+/// `x W + b` (`x [..., input]`, `W [input, output]`, `b [output]`: Burn's
+/// `Linear` with its default row layout) as one GEMM onto the broadcast
+/// bias, forward and backward, when [`is_fused`]; the inputs back
+/// otherwise.
+///
+/// Burn's `Linear::forward` computes the same; the models call this first
+/// (`relperf_models`'s blocks, embedding and head).
+#[allow(clippy::type_complexity)]
+pub fn dense<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Tensor<B, 1>,
+) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, 2>, Tensor<B, 1>)> {
+    let xs = x.dims();
+    let [input, output] = weight.dims();
+    if !is_fused::<B>() || D < 1 || xs[D - 1] != input || bias.dims()[0] != output {
+        return Err((x, weight, bias));
+    }
+    let rows = xs[..D - 1].iter().product();
+    let dims = DenseDims {
+        rows,
+        input,
+        output,
+    };
+    let mut out_shape = xs.to_vec();
+    out_shape[D - 1] = output;
+    let shapes = [xs.to_vec(), vec![input, output], vec![output]];
+    macro_rules! on {
+        ($inner:ty) => {
+            type I = $inner;
+            if TypeId::of::<B>() == TypeId::of::<I>() {
+                let x: FloatTensor<I> = same(x.into_primitive().tensor());
+                let w: FloatTensor<I> = same(weight.into_primitive().tensor());
+                let b: FloatTensor<I> = same(bias.into_primitive().tensor());
+                let y = I::with_slice(&x, |x| {
+                    I::with_slice(&w, |w| I::with_slice(&b, |b| dims.forward(x, w, b)))
+                });
+                let y = I::from_vec(y, &out_shape, &I::float_device(&x));
+                return Ok(Tensor::from_primitive(TensorPrimitive::Float(same(y))));
+            }
+            if TypeId::of::<B>() == TypeId::of::<Autodiff<I>>() {
+                let x: FloatTensor<Autodiff<I>> = same(x.into_primitive().tensor());
+                let w: FloatTensor<Autodiff<I>> = same(weight.into_primitive().tensor());
+                let b: FloatTensor<Autodiff<I>> = same(bias.into_primitive().tensor());
+                let y = I::with_slice(&x.primitive, |xp| {
+                    I::with_slice(&w.primitive, |wp| {
+                        I::with_slice(&b.primitive, |bp| dims.forward(xp, wp, bp))
+                    })
+                });
+                let y = I::from_vec(y, &out_shape, &I::float_device(&x.primitive));
+                let y = match <DenseBackward as Backward<I, 3>>::prepare::<NoCheckpointing>(
+                    DenseBackward,
+                    [x.node.clone(), w.node.clone(), b.node.clone()],
+                )
+                .compute_bound()
+                .stateful()
+                {
+                    OpsKind::Tracked(prep) => {
+                        prep.finish((dims, [x.primitive, w.primitive], shapes), y)
+                    }
+                    OpsKind::UnTracked(prep) => prep.finish(y),
+                };
+                return Ok(Tensor::from_primitive(TensorPrimitive::Float(same(y))));
+            }
+        };
+    }
+    #[cfg(feature = "ndarray")]
+    on!(burn_ndarray::NdArray<f32>);
+    Err((x, weight, bias))
+}
+
+/// `x` of `shape` permuted by `perm` (output axis `i` is input axis
+/// `perm[i]`; the last axis stays last), in standard layout.
+fn permute_rows(x: &[f32], shape: &[usize], perm: &[usize]) -> Vec<f32> {
+    let rank = shape.len();
+    let mut out = vec![0.0f32; x.len()];
+    let inner = shape[rank - 1];
+    if x.is_empty() || inner == 0 {
+        return out;
+    }
+    let mut strides = vec![1usize; rank];
+    for a in (0..rank - 1).rev() {
+        strides[a] = strides[a + 1] * shape[a + 1];
+    }
+    // the input stride of each output axis, and the output's extents
+    let from: Vec<usize> = perm.iter().map(|&p| strides[p]).collect();
+    let extent: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+    let task = x.len() / extent[0];
+    out.par_chunks_mut(task).enumerate().for_each(|(i0, dst)| {
+        // an odometer over output axes 1..rank-1, the input offset kept
+        // in step with it
+        let mut index = vec![0usize; rank];
+        let mut at = i0 * from[0];
+        for row in dst.chunks_mut(inner) {
+            row.copy_from_slice(&x[at..at + inner]);
+            let mut a = rank - 1;
+            while a > 1 {
+                a -= 1;
+                index[a] += 1;
+                at += from[a];
+                if index[a] < extent[a] {
+                    break;
+                }
+                at -= from[a] * extent[a];
+                index[a] = 0;
+            }
+        }
+    });
+    out
+}
+
+#[derive(Debug)]
+struct PermuteBackward;
+
+impl<I: HostIo> Backward<I, 1> for PermuteBackward {
+    /// The output's shape and the inverse permutation.
+    type State = (Vec<usize>, Vec<usize>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (out_shape, inverse) = ops.state;
+        unary::<I, _>(ops.parents, ops.node, grads, |grad| {
+            let device = I::float_device(&grad);
+            let gx = I::with_slice(&grad, |g| permute_rows(g, &out_shape, &inverse));
+            let in_shape: Vec<usize> = inverse.iter().map(|&p| out_shape[p]).collect();
+            I::from_vec(gx, &in_shape, &device)
+        });
+    }
+}
+
+/// `x.permute(perm)` written out in standard layout, forward and backward,
+/// when [`is_fused`] and the permutation keeps the last axis last; the
+/// input back otherwise (so `x.permute(perm)` is the fallback on every
+/// backend, equal in value).
+///
+/// Narrowing the result along its first axis, or reshaping it, is then free
+/// (no copy); on burn-ndarray the plain permutation's strided view is
+/// copied element by element by the next reshape or kernel.
+pub fn permute_contiguous<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    perm: [usize; D],
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    let mut seen = [false; D];
+    let valid = D >= 1
+        && perm[D - 1] == D - 1
+        && perm
+            .iter()
+            .all(|&p| p < D && !std::mem::replace(&mut seen[p], true));
+    if !valid || !is_fused::<B>() {
+        return Err(x);
+    }
+    let in_shape = x.dims().to_vec();
+    let out_shape: Vec<usize> = perm.iter().map(|&p| in_shape[p]).collect();
+    let mut inverse = vec![0usize; D];
+    for (i, &p) in perm.iter().enumerate() {
+        inverse[p] = i;
+    }
+    macro_rules! on {
+        ($inner:ty) => {
+            type I = $inner;
+            if TypeId::of::<B>() == TypeId::of::<I>() {
+                let x: FloatTensor<I> = same(x.into_primitive().tensor());
+                let y = I::with_slice(&x, |xs| permute_rows(xs, &in_shape, &perm));
+                let y = I::from_vec(y, &out_shape, &I::float_device(&x));
+                return Ok(Tensor::from_primitive(TensorPrimitive::Float(same(y))));
+            }
+            if TypeId::of::<B>() == TypeId::of::<Autodiff<I>>() {
+                let x: FloatTensor<Autodiff<I>> = same(x.into_primitive().tensor());
+                let y = I::with_slice(&x.primitive, |xs| permute_rows(xs, &in_shape, &perm));
+                let y = I::from_vec(y, &out_shape, &I::float_device(&x.primitive));
+                let y = match <PermuteBackward as Backward<I, 1>>::prepare::<NoCheckpointing>(
+                    PermuteBackward,
+                    [x.node.clone()],
+                )
+                .compute_bound()
+                .stateful()
+                {
+                    OpsKind::Tracked(prep) => prep.finish((out_shape, inverse), y),
+                    OpsKind::UnTracked(prep) => prep.finish(y),
+                };
+                return Ok(Tensor::from_primitive(TensorPrimitive::Float(same(y))));
+            }
+        };
+    }
+    #[cfg(feature = "ndarray")]
+    on!(burn_ndarray::NdArray<f32>);
+    Err(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::permute_rows;
+
+    #[test]
+    fn permute_rows_matches_index_arithmetic() {
+        let shape = [2, 3, 4, 5, 2];
+        let perm = [2, 0, 3, 1, 4];
+        let x: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|i| i as f32)
+            .collect();
+        let y = permute_rows(&x, &shape, &perm);
+        let out: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+        let mut k = 0;
+        for a in 0..out[0] {
+            for b in 0..out[1] {
+                for c in 0..out[2] {
+                    for d in 0..out[3] {
+                        for e in 0..out[4] {
+                            // output (a, b, c, d, e) is input index with
+                            // axis perm[i] = the i-th output index
+                            let mut idx = [0usize; 5];
+                            idx[perm[0]] = a;
+                            idx[perm[1]] = b;
+                            idx[perm[2]] = c;
+                            idx[perm[3]] = d;
+                            idx[perm[4]] = e;
+                            let flat =
+                                (((idx[0] * 3 + idx[1]) * 4 + idx[2]) * 5 + idx[3]) * 2 + idx[4];
+                            assert_eq!(y[k], flat as f32, "at {:?}", (a, b, c, d, e));
+                            k += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
