@@ -619,3 +619,75 @@ fn fused_periodic_sums_equal_the_plain_ops_outputs_and_gradients() {
         println!("{line}");
     }
 }
+
+struct ConcatCheck;
+
+impl BackendTask for ConcatCheck {
+    type Output = Vec<String>;
+    fn run<B: Backend>(self, device: B::Device) -> Vec<String> {
+        use relative_performer::favor::host::concat_last;
+        type A<B> = Autodiff<B>;
+        B::seed(&device, 13);
+        let normal = Distribution::Normal(0.0, 1.0);
+        let mut report = Vec::new();
+        // strategy 1's queries ([1, h, n, e] extras) and keys ([1, 1, n, e]),
+        // content-dependent extras (no broadcast), an empty first operand
+        for (a_shape, b_shape) in [
+            ([2, 3, 37, 8], [1, 3, 37, 5]),
+            ([2, 3, 37, 8], [1, 1, 37, 5]),
+            ([2, 3, 37, 8], [2, 3, 37, 16]),
+            ([3, 2, 5, 0], [3, 1, 5, 4]),
+        ] {
+            let a = Tensor::<B, 4>::random(a_shape, normal, &device);
+            let b = Tensor::<B, 4>::random(b_shape, normal, &device);
+            let [d0, d1, d2, da] = a_shape;
+            let db = b_shape[3];
+            let weights = Tensor::<B, 4>::random([d0, d1, d2, da + db], normal, &device);
+            let run = |fused: bool| {
+                let aa = on::<A<B>, B, 4>(&a).require_grad();
+                let ba = on::<A<B>, B, 4>(&b).require_grad();
+                let out = if fused {
+                    concat_last(aa.clone(), ba.clone())
+                        .unwrap_or_else(|_| panic!("the fused concatenation takes {a_shape:?}"))
+                } else {
+                    Tensor::cat(vec![aa.clone(), ba.clone().expand([d0, d1, d2, db])], 3)
+                };
+                let grads = (out.clone() * on::<A<B>, B, 4>(&weights)).sum().backward();
+                let ga = aa.grad(&grads).map(as_f64);
+                let gb = as_f64(ba.grad(&grads).expect("b takes a gradient"));
+                (as_f64(out.inner()), ga, gb)
+            };
+            let (fo, fga, fgb) = run(true);
+            let (po, pga, pgb) = run(false);
+            assert_eq!(fo.to_data(), po.to_data(), "values {a_shape:?} {b_shape:?}");
+            if da > 0 {
+                let (f, p) = (fga.expect("a's gradient"), pga.expect("a's gradient"));
+                assert_eq!(f.to_data(), p.to_data(), "da {a_shape:?} {b_shape:?}");
+            }
+            // b's gradient sums over the broadcast axes, in another order
+            let err = rel_err(fgb, pgb);
+            assert!(err <= 1e-6, "db {a_shape:?} {b_shape:?}: {err:.1e}");
+            // without autodiff, the same values
+            let inference = concat_last(a.clone(), b.clone())
+                .unwrap_or_else(|_| panic!("the fused concatenation takes {a_shape:?}"));
+            assert_eq!(as_f64(inference).to_data(), fo.to_data());
+            report.push(format!(
+                "{} concat {a_shape:?} + {b_shape:?}: values and a's gradient bit-equal, b's {err:.1e}",
+                B::name(&device)
+            ));
+        }
+        // leading extents that neither match nor broadcast are handed back
+        let a = Tensor::<B, 3>::zeros([2, 3, 4], &device);
+        assert!(concat_last(a.clone(), Tensor::<B, 3>::zeros([2, 2, 4], &device)).is_err());
+        assert!(concat_last(a, Tensor::<B, 3>::zeros([3, 1, 4], &device)).is_err());
+        report
+    }
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn fused_concatenation_equals_burns_cat_values_and_gradients() {
+    for line in run_on(BackendKind::Ndarray, ConcatCheck).expect("ndarray is compiled in") {
+        println!("{line}");
+    }
+}

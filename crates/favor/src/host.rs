@@ -11,7 +11,9 @@
 //! * the ring sums of strategy 2 ([`ring_sums`]);
 //! * dense layers ([`dense`]: `x W + b` in one GEMM, its backward read in
 //!   place) and permutations that keep the last axis, written out in
-//!   standard layout ([`permute_contiguous`]: the heads' split and merge);
+//!   standard layout ([`permute_contiguous`]: the heads' split and merge),
+//!   and last-axis concatenations with a broadcast operand ([`concat_last`]:
+//!   strategy 1's widened queries and keys);
 //! * the separable sums of `ExactRelativePerformer`'s periodic attention
 //!   ([`separable_periodic`]).
 //!
@@ -72,7 +74,7 @@ use rayon::prelude::*;
 
 mod dense;
 mod periodic;
-pub use dense::{dense, permute_contiguous};
+pub use dense::{concat_last, dense, permute_contiguous};
 pub use periodic::{PeriodicInputs, separable_periodic};
 
 /// The shape of one `(sample, head)` slice: `n x d` rows, `m` features.

@@ -137,9 +137,12 @@ pub fn widen<B: Backend>(
     q_extra: Tensor<B, 4>,
     k_extra: Tensor<B, 4>,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
-    let [b, h, n, _] = q.dims();
-    let e = q_extra.dims()[3];
-    let q = Tensor::cat(vec![q, q_extra.expand([b, h, n, e])], 3);
-    let k = Tensor::cat(vec![k, k_extra.expand([b, h, n, e])], 3);
-    (q, k)
+    let cat = |x: Tensor<B, 4>, extra: Tensor<B, 4>| {
+        relperf_favor::host::concat_last(x, extra).unwrap_or_else(|(x, extra)| {
+            let [b, h, n, _] = x.dims();
+            let e = extra.dims()[3];
+            Tensor::cat(vec![x, extra.expand([b, h, n, e])], 3)
+        })
+    };
+    (cat(q, q_extra), cat(k, k_extra))
 }

@@ -12,6 +12,9 @@
 //!   (`[b, n, 3, h, d] -> [3, b, h, n, d]`) and merge them back
 //!   (`[b, h, n, d] -> [b, n, h, d]`); the plain ops leave a strided view
 //!   that the next reshape copies element by element.
+//! * [`concat_last`]: a concatenation along the last axis whose second
+//!   operand is broadcast over the leading axes (strategy 1's widening of
+//!   queries and keys by the position channels), row by row.
 
 use super::*;
 
@@ -290,6 +293,185 @@ pub fn permute_contiguous<B: Backend, const D: usize>(
     #[cfg(feature = "ndarray")]
     on!(burn_ndarray::NdArray<f32>);
     Err(x)
+}
+
+/// The rows of a last-axis concatenation `[a, b]`: `a [rows, da]`, `b`
+/// broadcast over the leading axes where its extent is 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ConcatDims {
+    /// `a`'s leading extents (the output's).
+    lead: Vec<usize>,
+    /// `b`'s row stride per leading axis (0 where it broadcasts).
+    b_strides: Vec<usize>,
+    /// `b`'s rows.
+    b_rows: usize,
+    da: usize,
+    db: usize,
+}
+
+impl ConcatDims {
+    fn rows(&self) -> usize {
+        self.lead.iter().product()
+    }
+
+    /// `b`'s row for output row `r`.
+    fn b_row(&self, mut r: usize) -> usize {
+        let mut at = 0;
+        for (extent, stride) in self.lead.iter().zip(&self.b_strides).rev() {
+            at += (r % extent) * stride;
+            r /= extent;
+        }
+        at
+    }
+
+    fn forward(&self, a: &[f32], b: &[f32]) -> Vec<f32> {
+        let (da, db) = (self.da, self.db);
+        let width = da + db;
+        let mut out = vec![0.0f32; self.rows() * width];
+        if width == 0 {
+            return out;
+        }
+        out.par_chunks_mut(width * ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(t, chunk)| {
+                for (i, row) in chunk.chunks_mut(width).enumerate() {
+                    let r = t * ROWS_PER_TASK + i;
+                    row[..da].copy_from_slice(&a[r * da..(r + 1) * da]);
+                    let br = self.b_row(r);
+                    row[da..].copy_from_slice(&b[br * db..(br + 1) * db]);
+                }
+            });
+        out
+    }
+
+    /// The gradients of `a` and `b` given the output's `g` (`b`'s summed
+    /// over the axes it was broadcast along).
+    fn backward(&self, g: &[f32]) -> [Vec<f32>; 2] {
+        let (da, db) = (self.da, self.db);
+        let width = da + db;
+        let rows = self.rows();
+        let mut ga = vec![0.0f32; rows * da];
+        let mut gb = vec![0.0f32; self.b_rows * db];
+        if width == 0 {
+            return [ga, gb];
+        }
+        if da > 0 {
+            ga.par_chunks_mut(da * ROWS_PER_TASK)
+                .enumerate()
+                .for_each(|(t, chunk)| {
+                    for (i, row) in chunk.chunks_mut(da).enumerate() {
+                        let r = t * ROWS_PER_TASK + i;
+                        row.copy_from_slice(&g[r * width..r * width + da]);
+                    }
+                });
+        }
+        if db > 0 {
+            for r in 0..rows {
+                let br = self.b_row(r);
+                let src = &g[r * width + da..(r + 1) * width];
+                gb[br * db..(br + 1) * db]
+                    .iter_mut()
+                    .zip(src)
+                    .for_each(|(s, v)| *s += v);
+            }
+        }
+        [ga, gb]
+    }
+}
+
+#[derive(Debug)]
+struct ConcatBackward;
+
+impl<I: HostIo> Backward<I, 2> for ConcatBackward {
+    /// The sizes and the shapes of `a` and `b`.
+    type State = (ConcatDims, [Vec<usize>; 2]);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<I>(&ops.node);
+        let (dims, shapes) = ops.state;
+        let device = I::float_device(&grad);
+        let gs = I::with_slice(&grad, |g| dims.backward(g));
+        for ((parent, g), shape) in ops.parents.into_iter().zip(gs).zip(shapes) {
+            if let Some(node) = parent {
+                grads.register::<I>(node.id, I::from_vec(g, &shape, &device));
+            }
+        }
+    }
+}
+
+/// `cat([a, b.expand(..)], D - 1)`: `a [..., da]` and `b [..., db]`, whose
+/// leading extents each equal `a`'s or are 1 (broadcast), written out row
+/// by row in standard layout, forward and backward, when [`is_fused`]; the
+/// inputs back otherwise (then `Tensor::cat` with `b` expanded is the
+/// fallback on every backend, equal in value).
+///
+/// Strategy 1 widens every head's queries and keys by position channels
+/// shared by the batch; burn-ndarray's concatenation copies a broadcast
+/// operand element by element.
+#[allow(clippy::type_complexity)]
+pub fn concat_last<B: Backend, const D: usize>(
+    a: Tensor<B, D>,
+    b: Tensor<B, D>,
+) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
+    let (sa, sb) = (a.dims(), b.dims());
+    let valid = D >= 1
+        && sa[..D - 1]
+            .iter()
+            .zip(&sb[..D - 1])
+            .all(|(&x, &y)| x == y || y == 1);
+    if !valid || !is_fused::<B>() {
+        return Err((a, b));
+    }
+    let mut b_strides = vec![0usize; D - 1];
+    let mut stride = 1;
+    for i in (0..D - 1).rev() {
+        b_strides[i] = if sb[i] == 1 { 0 } else { stride };
+        stride *= sb[i];
+    }
+    let dims = ConcatDims {
+        lead: sa[..D - 1].to_vec(),
+        b_strides,
+        b_rows: stride,
+        da: sa[D - 1],
+        db: sb[D - 1],
+    };
+    let mut out_shape = sa.to_vec();
+    out_shape[D - 1] = dims.da + dims.db;
+    let shapes = [sa.to_vec(), sb.to_vec()];
+    macro_rules! on {
+        ($inner:ty) => {
+            type I = $inner;
+            if TypeId::of::<B>() == TypeId::of::<I>() {
+                let a: FloatTensor<I> = same(a.into_primitive().tensor());
+                let b: FloatTensor<I> = same(b.into_primitive().tensor());
+                let y = I::with_slice(&a, |x| I::with_slice(&b, |y| dims.forward(x, y)));
+                let y = I::from_vec(y, &out_shape, &I::float_device(&a));
+                return Ok(Tensor::from_primitive(TensorPrimitive::Float(same(y))));
+            }
+            if TypeId::of::<B>() == TypeId::of::<Autodiff<I>>() {
+                let a: FloatTensor<Autodiff<I>> = same(a.into_primitive().tensor());
+                let b: FloatTensor<Autodiff<I>> = same(b.into_primitive().tensor());
+                let y = I::with_slice(&a.primitive, |x| {
+                    I::with_slice(&b.primitive, |y| dims.forward(x, y))
+                });
+                let y = I::from_vec(y, &out_shape, &I::float_device(&a.primitive));
+                let y = match <ConcatBackward as Backward<I, 2>>::prepare::<NoCheckpointing>(
+                    ConcatBackward,
+                    [a.node.clone(), b.node.clone()],
+                )
+                .compute_bound()
+                .stateful()
+                {
+                    OpsKind::Tracked(prep) => prep.finish((dims, shapes), y),
+                    OpsKind::UnTracked(prep) => prep.finish(y),
+                };
+                return Ok(Tensor::from_primitive(TensorPrimitive::Float(same(y))));
+            }
+        };
+    }
+    #[cfg(feature = "ndarray")]
+    on!(burn_ndarray::NdArray<f32>);
+    Err((a, b))
 }
 
 #[cfg(test)]
