@@ -326,6 +326,23 @@ impl HostIo for burn_ndarray::NdArray<f32> {
     }
 }
 
+/// Registers each tracked parent's gradient (`gs[i]`, row-major, of
+/// `shapes[i]`) with the backward pass (`parents`: the ids of those
+/// tracked).
+fn register_all<I: HostIo>(
+    parents: impl IntoIterator<Item = Option<burn::backend::autodiff::NodeId>>,
+    gs: impl IntoIterator<Item = Vec<f32>>,
+    shapes: impl IntoIterator<Item = Vec<usize>>,
+    device: &I::Device,
+    grads: &mut Gradients,
+) {
+    for ((parent, g), shape) in parents.into_iter().zip(gs).zip(shapes) {
+        if let Some(id) = parent {
+            grads.register::<I>(id, I::from_vec(g, &shape, device));
+        }
+    }
+}
+
 /// What one call hands the backward pass: the input and the features, as
 /// the backend holds them (no copy).
 #[derive(Debug, Clone)]
@@ -703,11 +720,13 @@ impl<I: HostIo> Backward<I, 3> for LinearBackward {
                 I::with_slice(&v, |v| I::with_slice(&grad, |g| dims.backward(q, k, v, g)))
             })
         });
-        for ((parent, g), shape) in ops.parents.into_iter().zip(gs).zip(shapes) {
-            if let Some(node) = parent {
-                grads.register::<I>(node.id, I::from_vec(g, &shape, &device));
-            }
-        }
+        register_all::<I>(
+            ops.parents.map(|p| p.map(|node| node.id)),
+            gs,
+            shapes,
+            &device,
+            grads,
+        );
     }
 }
 

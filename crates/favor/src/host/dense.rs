@@ -99,11 +99,13 @@ impl<I: HostIo> Backward<I, 3> for DenseBackward {
         let gs = I::with_slice(&x, |x| {
             I::with_slice(&w, |w| I::with_slice(&grad, |g| dims.backward(x, w, g)))
         });
-        for ((parent, g), shape) in ops.parents.into_iter().zip(gs).zip(shapes) {
-            if let Some(node) = parent {
-                grads.register::<I>(node.id, I::from_vec(g, &shape, &device));
-            }
-        }
+        register_all::<I>(
+            ops.parents.map(|p| p.map(|node| node.id)),
+            gs,
+            shapes,
+            &device,
+            grads,
+        );
     }
 }
 
@@ -391,11 +393,13 @@ impl<I: HostIo> Backward<I, 2> for ConcatBackward {
         let (dims, shapes) = ops.state;
         let device = I::float_device(&grad);
         let gs = I::with_slice(&grad, |g| dims.backward(g));
-        for ((parent, g), shape) in ops.parents.into_iter().zip(gs).zip(shapes) {
-            if let Some(node) = parent {
-                grads.register::<I>(node.id, I::from_vec(g, &shape, &device));
-            }
-        }
+        register_all::<I>(
+            ops.parents.map(|p| p.map(|node| node.id)),
+            gs,
+            shapes,
+            &device,
+            grads,
+        );
     }
 }
 

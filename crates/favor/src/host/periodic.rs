@@ -451,11 +451,13 @@ impl<I: HostIo> Backward<I, 4> for PeriodicBackward {
                 })
             })
         });
-        for ((parent, g), shape) in ops.parents.into_iter().zip(gs).zip(shapes) {
-            if let Some(node) = parent {
-                grads.register::<I>(node.id, I::from_vec(g, &shape, &device));
-            }
-        }
+        register_all::<I>(
+            ops.parents.map(|p| p.map(|node| node.id)),
+            gs,
+            shapes,
+            &device,
+            grads,
+        );
     }
 }
 
