@@ -524,7 +524,8 @@ def summary_markdown(env: dict, checks: list[dict], through: list[dict], scaling
                      f"{fmt(r['time_per_token_vs_32'])} | {fmt(r['mem_per_token_vs_32'])} |")
     if notes or failures:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes] + [f"- failed: {f}" for f in failures]
-    lines += ["", "Files: `throughput.csv`, `scaling.csv`, `scaling.svg`, `raw.jsonl` (every process's JSON line). "
+    lines += ["", "Files: `throughput.csv`, `scaling.csv`, `targets.csv`, `run.json` (machine, date, commit, "
+              "command), `scaling.svg`, `raw.jsonl` (every process's JSON line). "
               "Made by `benches/compare/compare.py` (see `benches/compare/README.md`).", ""]
     return "\n".join(lines)
 
@@ -670,9 +671,12 @@ def main() -> int:
     env_info["duration_min"] = (time.perf_counter() - started) / 60
     summary = summary_markdown(env_info, checks, through, scaling, list(failures.values()), notes)
     (args.out / "summary.md").write_text(summary)
+    write_csv(args.out / "targets.csv", checks)
+    (args.out / "run.json").write_text(json.dumps(dict(env_info, failures=list(failures.values()), notes=notes),
+                                                  indent=1, default=str) + "\n")
     log("")
     log(summary)
-    log(f"wrote {args.out}/summary.md, throughput.csv, scaling.csv, scaling.svg, raw.jsonl "
+    log(f"wrote {args.out}/summary.md, throughput.csv, scaling.csv, targets.csv, run.json, scaling.svg, raw.jsonl "
         f"({env_info['duration_min']:.1f} min in all)")
     return 1 if failures and not records else 0
 
