@@ -691,3 +691,105 @@ fn fused_concatenation_equals_burns_cat_values_and_gradients() {
         println!("{line}");
     }
 }
+
+/// Layer normalisation's output and the gradients of `sum(out * weights)`
+/// with respect to `x`, the scale and the shift, on `A`, fused or by Burn's
+/// default body (the ops `LayerNorm::forward` runs on burn-ndarray), in f64.
+fn norm_and_grads<A: AutodiffBackend, B: Backend>(
+    x: &Tensor<B, 3>,
+    gamma: &Tensor<B, 1>,
+    beta: &Tensor<B, 1>,
+    weights: &Tensor<B, 3>,
+    fused: bool,
+) -> Vec<Tensor<F64, 3>> {
+    use relative_performer::favor::host::layer_norm;
+    let eps = 1e-5;
+    let xa = on::<A, B, 3>(x).require_grad();
+    let ga = on::<A, B, 1>(gamma).require_grad();
+    let ba = on::<A, B, 1>(beta).require_grad();
+    let out = if fused {
+        layer_norm(xa.clone(), ga.clone(), ba.clone(), eps)
+            .unwrap_or_else(|_| panic!("the fused layer norm takes these shapes"))
+    } else {
+        let mean = xa.clone().mean_dim(2);
+        let centered = xa.clone() - mean;
+        let var = (centered.clone() * centered.clone()).mean_dim(2);
+        centered / var.add_scalar(eps).sqrt() * ga.clone().unsqueeze() + ba.clone().unsqueeze()
+    };
+    let grads = (out.clone() * on::<A, B, 3>(weights)).sum().backward();
+    vec![
+        as_f64(out.inner()),
+        as_f64(xa.grad(&grads).expect("x takes a gradient")),
+        as_f64(ga.grad(&grads).expect("gamma takes a gradient").unsqueeze()),
+        as_f64(ba.grad(&grads).expect("beta takes a gradient").unsqueeze()),
+    ]
+}
+
+struct NormCheck;
+
+impl BackendTask for NormCheck {
+    type Output = Vec<String>;
+    fn run<B: Backend>(self, device: B::Device) -> Vec<String> {
+        let mut report = Vec::new();
+        // a row count that is not a multiple of the task size; rows far
+        // from zero mean and unit scale
+        for (b, n, width, offset) in [(2, 37, 24, 0.0), (3, 1025, 32, 3.0), (1, 700, 128, -2.0)] {
+            B::seed(&device, 17);
+            let x =
+                Tensor::<B, 3>::random([b, n, width], Distribution::Normal(offset, 2.5), &device);
+            let gamma = Tensor::<B, 1>::random([width], Distribution::Normal(1.0, 0.5), &device);
+            let beta = Tensor::<B, 1>::random([width], Distribution::Normal(0.0, 1.0), &device);
+            let weights =
+                Tensor::<B, 3>::random([b, n, width], Distribution::Normal(0.0, 1.0), &device);
+            let fused = norm_and_grads::<Autodiff<B>, B>(&x, &gamma, &beta, &weights, true);
+            let plain = norm_and_grads::<Autodiff<B>, B>(&x, &gamma, &beta, &weights, false);
+            let exact = norm_and_grads::<Autodiff<F64>, B>(&x, &gamma, &beta, &weights, false);
+            let mut line = format!(
+                "{} layer norm [{b}, {n}, {width}], relative errors against f64 (fused / plain):",
+                B::name(&device)
+            );
+            for (i, name) in ["out", "dx", "dgamma", "dbeta"].iter().enumerate() {
+                let f = rel_err(fused[i].clone(), exact[i].clone());
+                let p = rel_err(plain[i].clone(), exact[i].clone());
+                line += &format!(" {name} {f:.1e} / {p:.1e}");
+                assert!(f <= (4.0 * p).max(2e-6), "{line}");
+            }
+            let inference = relative_performer::favor::host::layer_norm(x, gamma, beta, 1e-5)
+                .unwrap_or_else(|_| panic!("the fused layer norm takes these shapes"));
+            let err = rel_err(as_f64(inference), exact[0].clone());
+            assert!(err <= 2e-6, "inference {err:.1e}; {line}");
+            report.push(line);
+        }
+        report
+    }
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn fused_layer_norm_equals_the_plain_ops_outputs_and_gradients() {
+    for line in run_on(BackendKind::Ndarray, NormCheck).expect("ndarray is compiled in") {
+        println!("{line}");
+    }
+}
+
+/// The models' norms on the fused path equal Burn's `LayerNorm` module.
+#[cfg(feature = "ndarray")]
+#[test]
+fn fused_layer_norm_equals_burns_module() {
+    use burn::nn::LayerNormConfig;
+    type B = burn::backend::NdArray<f32>;
+    let device = Default::default();
+    B::seed(&device, 3);
+    let module = LayerNormConfig::new(16).init::<B>(&device);
+    let x = Tensor::<B, 3>::random([2, 9, 16], Distribution::Normal(1.0, 3.0), &device);
+    let want = module.forward(x.clone());
+    let got = relative_performer::favor::host::layer_norm(
+        x,
+        module.gamma.val(),
+        module.beta.as_ref().expect("a shift").val(),
+        LayerNormConfig::new(16).epsilon,
+    )
+    .unwrap_or_else(|_| panic!("fused"));
+    let err = rel_err(got, want);
+    assert!(err < 1e-6, "{err:e}");
+}

@@ -190,6 +190,26 @@ fn linear<B: Backend, const D: usize>(l: &Linear<B>, x: Tensor<B, D>) -> Tensor<
     }
 }
 
+/// `l.forward(x)`; on burn-ndarray in `f32` one pass over the rows
+/// ([`relperf_favor::host::layer_norm`]). The models build every norm with
+/// [`NORM_EPSILON`] (Burn keeps a module's epsilon private).
+fn norm<B: Backend, const D: usize>(l: &LayerNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    let Some(beta) = l
+        .beta
+        .as_ref()
+        .filter(|_| relperf_favor::host::is_fused::<B>())
+    else {
+        return l.forward(x);
+    };
+    match relperf_favor::host::layer_norm(x, l.gamma.val(), beta.val(), NORM_EPSILON) {
+        Ok(y) => y,
+        Err((x, _, _)) => l.forward(x),
+    }
+}
+
+/// The epsilon of every `LayerNorm` of the models: PyTorch's `1e-5`.
+const NORM_EPSILON: f64 = 1e-5;
+
 /// `x.permute(perm)`; on burn-ndarray in `f32` written out in standard
 /// layout ([`relperf_favor::host::permute_contiguous`]), so that the narrow
 /// and reshape after it copy nothing.
@@ -321,10 +341,10 @@ impl<B: Backend> Block<B> {
         let x = x.clone()
             + self
                 .attn
-                .forward(self.attn_norm.forward(x), height, width, positions);
+                .forward(norm(&self.attn_norm, x), height, width, positions);
         let hidden = dropout(
             &self.ff_dropout,
-            gelu(linear(&self.ff_up, self.ff_norm.forward(x.clone()))),
+            gelu(linear(&self.ff_up, norm(&self.ff_norm, x.clone()))),
         );
         x + dropout(&self.ff_dropout, linear(&self.ff_down, hidden))
     }
@@ -409,7 +429,9 @@ impl ModelConfig {
                         .init(feature_seed, device)
                 });
                 Block {
-                    attn_norm: LayerNormConfig::new(dim).init(device),
+                    attn_norm: LayerNormConfig::new(dim)
+                        .with_epsilon(NORM_EPSILON)
+                        .init(device),
                     attn: Attention {
                         to_qkv: LinearConfig::new(dim, 3 * dim).init(device),
                         to_out: LinearConfig::new(dim, dim).init(device),
@@ -418,7 +440,9 @@ impl ModelConfig {
                         dropout: DropoutConfig::new(self.attn_dropout).init(),
                         heads: self.heads,
                     },
-                    ff_norm: LayerNormConfig::new(dim).init(device),
+                    ff_norm: LayerNormConfig::new(dim)
+                        .with_epsilon(NORM_EPSILON)
+                        .init(device),
                     ff_up: LinearConfig::new(dim, dim * self.ff_mult).init(device),
                     ff_down: LinearConfig::new(dim * self.ff_mult, dim).init(device),
                     ff_dropout: DropoutConfig::new(self.ff_dropout).init(),
@@ -435,7 +459,9 @@ impl ModelConfig {
             grid: (self.model == ModelKind::RelativePerformer)
                 .then(|| GridSinusoidConfig::new(self.pos_scales).init(device)),
             blocks,
-            norm: LayerNormConfig::new(dim).init(device),
+            norm: LayerNormConfig::new(dim)
+                .with_epsilon(NORM_EPSILON)
+                .init(device),
             output_layer: LinearConfig::new(dim, self.num_classes).init(device),
             config: self.clone(),
         };
@@ -543,7 +569,7 @@ impl<B: Backend> ImageClassifier<B> {
             x = block.forward(x, height, width, positions.clone());
         }
         let class = x.narrow(1, 0, 1).reshape([b, dim]);
-        linear(&self.output_layer, self.norm.forward(class))
+        linear(&self.output_layer, norm(&self.norm, class))
     }
 
     /// Every attention's random features, in layer order.
