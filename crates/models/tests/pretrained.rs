@@ -179,10 +179,13 @@ fn imported_models_score_the_reference_accuracy_on_1000_test_images() {
     }
 }
 
-/// The ten runs over their whole test split (100,000 images in all): the
-/// slowest test of the workspace, run by CI's `cargo test --workspace
-/// --release` on the fused CPU kernels.
+/// The ten runs over their whole test split (100,000 images in all). In
+/// CI's `cargo test --workspace --release` on a 2-core CPU it passed in 1818 s
+/// (2026-12-06, all ten within 0.1 points), which alone exceeds CI's 30-minute budget, so
+/// it waits for faster CPU inference:
+/// `cargo test --release -p relperf-models --test pretrained -- --ignored`.
 #[test]
+#[ignore = "slow: 30 minutes on 2 cores; run with --ignored"]
 fn imported_models_score_the_reference_accuracy() {
     let fx = fixture();
     for (ds_name, ds) in [
