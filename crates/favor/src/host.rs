@@ -266,6 +266,10 @@ fn normal_cdf(x: f32) -> f32 {
 /// Elements per rayon task of the elementwise kernels.
 const CHUNK: usize = 1 << 14;
 
+/// Rows per rayon task of the row-wise kernels (dense, layout, layer norm),
+/// where a pass is memory-bound.
+const ROWS_PER_TASK: usize = 256;
+
 /// GELU `x Phi(x)` of every element.
 fn gelu_forward(x: &[f32]) -> Vec<f32> {
     let mut out = vec![0.0f32; x.len()];

@@ -26,9 +26,6 @@ struct DenseDims {
     output: usize,
 }
 
-/// Rows per parallel task where a pass is memory-bound.
-const ROWS_PER_TASK: usize = 256;
-
 impl DenseDims {
     fn forward(&self, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
         // one pass writes the bias rows (no zeroing first)

@@ -126,9 +126,6 @@ impl NormDims {
     }
 }
 
-/// Rows per parallel task.
-const ROWS_PER_TASK: usize = 256;
-
 #[derive(Debug)]
 struct NormBackward;
 
