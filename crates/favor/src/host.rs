@@ -84,9 +84,11 @@ use rayon::prelude::*;
 mod dense;
 mod norm;
 mod periodic;
+mod simd;
 pub use dense::{concat_last, dense, permute_contiguous};
 pub use norm::layer_norm;
 pub use periodic::{PeriodicInputs, separable_periodic};
+use simd::{Fma, fast};
 
 /// The shape of one `(sample, head)` slice: `n x d` rows, `m` features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +103,8 @@ struct Dims {
 struct Kernel {
     dims: Dims,
     w: Arc<Vec<f32>>,
+    /// `(W d^-1/4)^T` (`[d, m]`), the forward's operand.
+    wt: Arc<Vec<f32>>,
     /// `0.5 / sqrt(d)`: keys' `|x d^-1/4|^2 / 2 = c |x|^2`.
     c: f32,
     is_query: bool,
@@ -109,16 +113,14 @@ struct Kernel {
 impl Kernel {
     fn new(dims: Dims, projection: &[f32], is_query: bool) -> Self {
         let scale = (dims.d as f32).powf(-0.25);
+        let w: Vec<f32> = projection.iter().map(|v| v * scale).collect();
         Kernel {
             dims,
-            w: Arc::new(projection.iter().map(|v| v * scale).collect()),
+            wt: Arc::new(simd::transpose(&w, dims.m, dims.d)),
+            w: Arc::new(w),
             c: 0.5 / (dims.d as f32).sqrt(),
             is_query,
         }
-    }
-
-    fn w(&self) -> ArrayView2<'_, f32> {
-        ArrayView2::from_shape((self.dims.m, self.dims.d), &self.w).expect("projection shape")
     }
 
     /// Features `[slices, n, m]` of `x [slices, n, d]`.
@@ -127,36 +129,37 @@ impl Kernel {
         let mut out = vec![0.0f32; x.len() / d * m];
         out.par_chunks_mut(n * m)
             .zip(x.par_chunks(n * d))
-            .for_each(|(f, xs)| self.forward_slice(xs, f));
+            .for_each(|(f, xs)| {
+                fast(
+                    #[inline(always)]
+                    |fma| self.forward_slice(xs, f, fma),
+                )
+            });
         out
     }
 
-    fn forward_slice(&self, xs: &[f32], f: &mut [f32]) {
+    #[inline(always)]
+    fn forward_slice(&self, xs: &[f32], f: &mut [f32], fma: Fma) {
         let Dims { n, d, m, .. } = self.dims;
-        let xv = ArrayView2::from_shape((n, d), xs).expect("slice shape");
-        let mut p = ArrayViewMut2::from_shape((n, m), &mut *f).expect("slice shape");
-        general_mat_mul(1.0, &xv, &self.w().t(), 0.0, &mut p);
+        debug_assert_eq!((xs.len(), f.len()), (n * d, n * m));
+        simd::gemm_nn(xs, &self.wt, f, d, m, fma);
         if self.is_query {
             // softmax over the features of each row
             for row in f.chunks_exact_mut(m) {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                row.iter_mut().for_each(|v| *v -= max);
-                exp_in_place(row);
-                let sum: f32 = row.iter().sum();
+                let max = simd::max(row);
+                row.iter_mut().for_each(|v| *v = exp(*v - max));
+                let sum = simd::sum(row);
                 row.iter_mut().for_each(|v| *v /= sum);
             }
         } else {
             // exp(W x' - c |x|^2 - s), s the maximum over the slice
             let mut max = f32::NEG_INFINITY;
             for (row, xr) in f.chunks_exact_mut(m).zip(xs.chunks_exact(d)) {
-                let norm = self.c * xr.iter().map(|v| v * v).sum::<f32>();
-                for v in row.iter_mut() {
-                    *v -= norm;
-                    max = max.max(*v);
-                }
+                let norm = self.c * simd::dot(xr, xr, fma);
+                row.iter_mut().for_each(|v| *v -= norm);
+                max = max.max(simd::max(row));
             }
-            f.iter_mut().for_each(|v| *v -= max);
-            exp_in_place(f);
+            f.iter_mut().for_each(|v| *v = exp(*v - max));
         }
     }
 
@@ -168,11 +171,17 @@ impl Kernel {
         out.par_chunks_mut(n * d)
             .zip(x.par_chunks(n * d))
             .zip(f.par_chunks(n * m).zip(g.par_chunks(n * m)))
-            .for_each(|((gx, xs), (fs, gs))| self.backward_slice(xs, fs, gs, gx));
+            .for_each(|((gx, xs), (fs, gs))| {
+                fast(
+                    #[inline(always)]
+                    |fma| self.backward_slice(xs, fs, gs, gx, fma),
+                )
+            });
         out
     }
 
-    fn backward_slice(&self, xs: &[f32], fs: &[f32], gs: &[f32], gx: &mut [f32]) {
+    #[inline(always)]
+    fn backward_slice(&self, xs: &[f32], fs: &[f32], gs: &[f32], gx: &mut [f32], fma: Fma) {
         let Dims { n, d, m, .. } = self.dims;
         // gradient of the exponent (the stabiliser is detached)
         let mut gp: Vec<f32> = fs.iter().zip(gs).map(|(f, g)| f * g).collect();
@@ -182,7 +191,7 @@ impl Kernel {
             .zip(fs.chunks_exact(m))
             .zip(&mut row_sums)
         {
-            let s: f32 = row.iter().sum();
+            let s = simd::sum(row);
             if self.is_query {
                 // softmax: f (g - sum(g f))
                 row.iter_mut().zip(fr).for_each(|(v, f)| *v -= f * s);
@@ -190,9 +199,8 @@ impl Kernel {
                 *rs = s;
             }
         }
-        let gpv = ArrayView2::from_shape((n, m), &gp).expect("slice shape");
-        let mut gxv = ArrayViewMut2::from_shape((n, d), &mut *gx).expect("slice shape");
-        general_mat_mul(1.0, &gpv, &self.w(), 0.0, &mut gxv);
+        debug_assert_eq!((gp.len(), gx.len()), (n * m, n * d));
+        simd::gemm_nn(&gp, &self.w, gx, m, d, fma);
         if !self.is_query {
             let two_c = 2.0 * self.c;
             for ((gr, xr), rs) in gx
@@ -208,16 +216,11 @@ impl Kernel {
     }
 }
 
-/// `exp` of every element, by Cephes' `expf` polynomial after reduction
-/// by powers of two, written branch-free so that it vectorises (relative
-/// error below 2e-7 for inputs in `[-87, 88]`; smaller inputs give about
-/// `1e-38` instead of 0, larger ones about `1.6e38`).
-pub(crate) fn exp_in_place(v: &mut [f32]) {
-    v.iter_mut().for_each(|x| *x = exp(*x));
-}
-
-/// `exp(x)` by the polynomial of [`exp_in_place`], inlined so that loops
-/// calling it vectorise.
+/// `exp(x)` by Cephes' `expf` polynomial after reduction by powers of
+/// two, written branch-free and inlined so that loops calling it vectorise
+/// (relative error below 2e-7 for inputs in `[-87, 88]`; smaller inputs
+/// give about `1e-38` instead of 0, larger ones about `1.6e38`; NaN stays
+/// NaN).
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -226,7 +229,9 @@ fn exp(x: f32) -> f32 {
     // adding and subtracting 1.5 * 2^23 rounds to the nearest integer
     const ROUND: f32 = 12_582_912.0;
     let a = x.clamp(-87.0, 88.0);
-    let k = (a * LOG2E + ROUND) - ROUND;
+    // `a log2(e)` rounded, held in the low mantissa bits of `shifted`
+    let shifted = a * LOG2E + ROUND;
+    let k = shifted - ROUND;
     let r = a - k * LN2_HI - k * LN2_LO;
     let p = 1.987_569_1e-4f32;
     let p = p * r + 1.398_199_9e-3;
@@ -235,7 +240,10 @@ fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 5e-1;
     let e = p * r * r + r + 1.0;
-    let two_k = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    // 2^k from the bits of `shifted` (`0x4b40_0000 + k`), whose high bits
+    // the shift drops: integer ops that vectorise, where `k as i32`
+    // (saturating, NaN to 0) compiles to scalar compares and moves
+    let two_k = f32::from_bits(shifted.to_bits().wrapping_add(127) << 23);
     e * two_k
 }
 
@@ -276,9 +284,14 @@ fn gelu_forward(x: &[f32]) -> Vec<f32> {
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(o, x)| {
-            o.iter_mut()
-                .zip(x)
-                .for_each(|(o, &x)| *o = x * normal_cdf(x));
+            fast(
+                #[inline(always)]
+                |_| {
+                    o.iter_mut()
+                        .zip(x)
+                        .for_each(|(o, &x)| *o = x * normal_cdf(x))
+                },
+            );
         });
     out
 }
@@ -291,10 +304,15 @@ fn gelu_backward(x: &[f32], g: &[f32]) -> Vec<f32> {
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
         .for_each(|(o, (x, g))| {
-            o.iter_mut().zip(x).zip(g).for_each(|((o, &x), &g)| {
-                let pdf = INV_SQRT_2PI * exp(-0.5 * x * x);
-                *o = g * (normal_cdf(x) + x * pdf);
-            });
+            fast(
+                #[inline(always)]
+                |_| {
+                    o.iter_mut().zip(x).zip(g).for_each(|((o, &x), &g)| {
+                        let pdf = INV_SQRT_2PI * exp(-0.5 * x * x);
+                        *o = g * (normal_cdf(x) + x * pdf);
+                    })
+                },
+            );
         });
     out
 }
@@ -572,13 +590,12 @@ struct LinearDims {
 
 impl LinearDims {
     /// `C = phi(K)^T V` (`[m, e]`) and `s = phi(K)^T 1` (`[m]`) of a slice.
-    fn context(&self, k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    #[inline(always)]
+    fn context(&self, k: &[f32], v: &[f32], fma: Fma) -> (Vec<f32>, Vec<f32>) {
         let LinearDims { n, m, e } = *self;
-        let kv = ArrayView2::from_shape((n, m), k).expect("slice shape");
-        let vv = ArrayView2::from_shape((n, e), v).expect("slice shape");
+        debug_assert_eq!((k.len(), v.len()), (n * m, n * e));
         let mut c = vec![0.0f32; m * e];
-        let mut cv = ArrayViewMut2::from_shape((m, e), &mut c).expect("slice shape");
-        general_mat_mul(1.0, &kv.t(), &vv, 0.0, &mut cv);
+        simd::gemm_tn(k, v, &mut c, m, e, fma);
         let mut sums = vec![0.0f32; m];
         for row in k.chunks_exact(m) {
             sums.iter_mut().zip(row).for_each(|(s, k)| *s += k);
@@ -589,19 +606,25 @@ impl LinearDims {
     /// `out = (phi(Q) C) / (phi(Q) s)` of a slice, the normaliser clamped
     /// to the smallest positive `f32`; returns the clamped normalisers and
     /// whether each was clamped.
-    fn forward_slice(&self, q: &[f32], c: &[f32], sums: &[f32], out: &mut [f32]) -> Vec<f32> {
+    #[inline(always)]
+    fn forward_slice(
+        &self,
+        q: &[f32],
+        c: &[f32],
+        sums: &[f32],
+        out: &mut [f32],
+        fma: Fma,
+    ) -> Vec<f32> {
         let LinearDims { n, m, e } = *self;
-        let qv = ArrayView2::from_shape((n, m), q).expect("slice shape");
-        let cv = ArrayView2::from_shape((m, e), c).expect("slice shape");
-        let mut ov = ArrayViewMut2::from_shape((n, e), &mut *out).expect("slice shape");
-        general_mat_mul(1.0, &qv, &cv, 0.0, &mut ov);
+        debug_assert_eq!((q.len(), out.len()), (n * m, n * e));
+        simd::gemm_nn(q, c, out, m, e, fma);
         let mut dens = vec![0.0f32; n];
         for ((row, qr), den) in out
             .chunks_exact_mut(e)
             .zip(q.chunks_exact(m))
             .zip(&mut dens)
         {
-            let raw: f32 = qr.iter().zip(sums).map(|(q, s)| q * s).sum();
+            let raw = simd::dot(qr, sums, fma);
             // NaN stays NaN, as in the plain ops' clamp
             *den = if raw < f32::MIN_POSITIVE {
                 -f32::MIN_POSITIVE
@@ -615,15 +638,17 @@ impl LinearDims {
     }
 
     /// The gradients `(dQ', dK', dV)` of a slice given the output's `g`.
+    #[inline(always)]
     fn backward_slice(
         &self,
         (q, k, v, g): (&[f32], &[f32], &[f32], &[f32]),
         (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
+        fma: Fma,
     ) {
         let LinearDims { n, m, e } = *self;
-        let (c, sums) = self.context(k, v);
+        let (c, sums) = self.context(k, v, fma);
         let mut out = vec![0.0f32; n * e];
-        let dens = self.forward_slice(q, &c, &sums, &mut out);
+        let dens = self.forward_slice(q, &c, &sums, &mut out, fma);
         // d num = g / den; d den = -sum(g out) / den (0 where clamped)
         let mut dnum = vec![0.0f32; n * e];
         let mut dden = vec![0.0f32; n];
@@ -635,44 +660,28 @@ impl LinearDims {
                 .zip(gr)
                 .for_each(|(d, g)| *d = g / den);
             if dens[i] > 0.0 {
-                dden[i] = -gr.iter().zip(or).map(|(g, o)| g * o).sum::<f32>() / den;
+                dden[i] = -simd::dot(gr, or, fma) / den;
             }
         }
-        let qv = ArrayView2::from_shape((n, m), q).expect("slice shape");
-        let kv = ArrayView2::from_shape((n, m), k).expect("slice shape");
-        let vv = ArrayView2::from_shape((n, e), v).expect("slice shape");
-        let cv = ArrayView2::from_shape((m, e), &c[..]).expect("slice shape");
-        let dnv = ArrayView2::from_shape((n, e), &dnum[..]).expect("slice shape");
         // dQ' = dnum C^T + dden s^T
-        {
-            let mut dqv = ArrayViewMut2::from_shape((n, m), &mut *dq).expect("slice shape");
-            general_mat_mul(1.0, &dnv, &cv.t(), 0.0, &mut dqv);
-        }
+        simd::gemm_nn(&dnum, &simd::transpose(&c, m, e), dq, e, m, fma);
         for (row, dd) in dq.chunks_exact_mut(m).zip(&dden) {
             row.iter_mut().zip(&sums).for_each(|(d, s)| *d += dd * s);
         }
         // dC = Q'^T dnum, ds = Q'^T dden
         let mut dc = vec![0.0f32; m * e];
-        {
-            let mut dcv = ArrayViewMut2::from_shape((m, e), &mut dc).expect("slice shape");
-            general_mat_mul(1.0, &qv.t(), &dnv, 0.0, &mut dcv);
-        }
+        simd::gemm_tn(q, &dnum, &mut dc, m, e, fma);
         let mut ds = vec![0.0f32; m];
         for (qr, dd) in q.chunks_exact(m).zip(&dden) {
             ds.iter_mut().zip(qr).for_each(|(d, q)| *d += q * dd);
         }
-        let dcv = ArrayView2::from_shape((m, e), &dc[..]).expect("slice shape");
         // dK' = V dC^T + 1 ds^T
-        {
-            let mut dkv = ArrayViewMut2::from_shape((n, m), &mut *dk).expect("slice shape");
-            general_mat_mul(1.0, &vv, &dcv.t(), 0.0, &mut dkv);
-        }
+        simd::gemm_nn(v, &simd::transpose(&dc, m, e), dk, e, m, fma);
         for row in dk.chunks_exact_mut(m) {
             row.iter_mut().zip(&ds).for_each(|(d, s)| *d += s);
         }
         // dV = K' dC
-        let mut dvv = ArrayViewMut2::from_shape((n, e), &mut *dv).expect("slice shape");
-        general_mat_mul(1.0, &kv, &dcv, 0.0, &mut dvv);
+        simd::gemm_nn(k, &dc, dv, m, e, fma);
     }
 
     /// The attention output `[slices, n, e]`.
@@ -683,8 +692,13 @@ impl LinearDims {
             .zip(q.par_chunks(n * m))
             .zip(k.par_chunks(n * m).zip(v.par_chunks(n * e)))
             .for_each(|((o, q), (k, v))| {
-                let (c, sums) = self.context(k, v);
-                self.forward_slice(q, &c, &sums, o);
+                fast(
+                    #[inline(always)]
+                    |fma| {
+                        let (c, sums) = self.context(k, v, fma);
+                        self.forward_slice(q, &c, &sums, o, fma);
+                    },
+                )
             });
         out
     }
@@ -706,7 +720,10 @@ impl LinearDims {
                     .zip(v.par_chunks(n * e).zip(g.par_chunks(n * e))),
             )
             .for_each(|(((dq, dk), dv), ((q, k), (v, g)))| {
-                self.backward_slice((q, k, v, g), (dq, dk, dv));
+                fast(
+                    #[inline(always)]
+                    |fma| self.backward_slice((q, k, v, g), (dq, dk, dv), fma),
+                );
             });
         [dq, dk, dv]
     }
@@ -964,7 +981,11 @@ pub fn ring_sums<B: Backend>(v: Tensor<B, 5>, rings: usize) -> Result<Tensor<B, 
 
 #[cfg(test)]
 mod tests {
-    use super::exp_in_place;
+    use super::exp;
+
+    fn exp_in_place(v: &mut [f32]) {
+        v.iter_mut().for_each(|x| *x = exp(*x));
+    }
 
     #[test]
     fn exp_matches_the_standard_library() {
@@ -980,5 +1001,6 @@ mod tests {
         let mut tiny = [-200.0f32, -1e30];
         exp_in_place(&mut tiny);
         assert!(tiny.iter().all(|v| *v >= 0.0 && *v < 2e-38), "{tiny:?}");
+        assert!(exp(f32::NAN).is_nan());
     }
 }
