@@ -32,6 +32,23 @@
 //! against 54a3bac, medians): `Performer` inference 0.74 -> 0.66 s,
 //! train 2.04 -> 1.89 s.
 //!
+//! The kernels' loops then vectorised only four lanes wide and kept their
+//! reductions in one chain: `exp`'s `k as i32` (a saturating cast) compiled
+//! to scalar compares, float sums and maxima to one add or max per element,
+//! and no `a * b + c` to an FMA. Now the `simd` module's `fast` runs each slice's
+//! body compiled again for AVX2 and FMA where the CPU has them (checked at
+//! run time; the build stays baseline x86-64), `exp` takes `2^k` from the
+//! rounding constant's bits, the reductions keep eight accumulators, and
+//! the per-slice products (`[n, d] x [d, m]`, `phi(K)^T V`, `phi(Q) C` and
+//! the backward's) are plain register-blocked loops: at dim 32 (head dim
+//! 8) matrixmultiply spent more time packing these thin operands than
+//! multiplying. Measured back to back (`relperf-eval test` of the imported
+//! MNIST runs, batch 64, `--limit-batches 8`, against 926ca4f's binary):
+//! `Performer` 7.2 -> 5.3 s, `RelativePerformer` 15.8 -> 10.7 s. The
+//! unpacked products against matrixmultiply alone (`bench_step`, medians of
+//! 3, alternating binaries) were within the machine's noise at dim 128 and
+//! dim 32, and are kept as the simpler path with no packing buffers.
+//!
 //! [`crate::features::softmax_features_up_to_scale_reference`] is the
 //! reference, in plain tensor ops, for every backend. On burn-ndarray it
 //! takes about ten passes over the `[b, h, n, m]` features (projection,
