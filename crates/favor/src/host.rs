@@ -43,8 +43,10 @@
 //! the backward's) are plain register-blocked loops: at dim 32 (head dim
 //! 8) matrixmultiply spent more time packing these thin operands than
 //! multiplying. Measured back to back (`relperf-eval test` of the imported
-//! MNIST runs, batch 64, `--limit-batches 8`, against 926ca4f's binary):
-//! `Performer` 7.2 -> 5.3 s, `RelativePerformer` 15.8 -> 10.7 s. The
+//! MNIST runs, batch 64, `--limit-batches 8`, data loading included, two
+//! alternating rounds of a0f71d1's binary against 926ca4f's): `Performer`
+//! 7.75 / 8.24 -> 6.45 / 7.10 s, `RelativePerformer` 17.67 / 17.60 ->
+//! 12.35 / 13.18 s. The
 //! unpacked products against matrixmultiply alone (`bench_step`, medians of
 //! 3, alternating binaries) were within the machine's noise at dim 128 and
 //! dim 32, and are kept as the simpler path with no packing buffers.
