@@ -382,6 +382,95 @@ fn fused_ring_sums_equal_the_plain_ops_outputs_and_gradients() {
     }
 }
 
+/// Strategy 2's window term, fused or plain, and the gradients of
+/// `sum(out * weights)` with respect to `v` and `s`, on `A`, in f64.
+fn window_and_grads<A: AutodiffBackend, B: Backend>(
+    [v, s, weights]: [&Tensor<B, 4>; 3],
+    (height, width): (usize, usize),
+    fused: bool,
+) -> [Tensor<F64, 4>; 3] {
+    use relative_performer::positional::clipped::{window, window_reference};
+    let va = on::<A, B, 4>(v).require_grad();
+    let sa = on::<A, B, 4>(s).require_grad();
+    let out = if fused {
+        window(va.clone(), sa.clone(), height, width)
+    } else {
+        window_reference(va.clone(), sa.clone(), height, width)
+    };
+    let grads = (out.clone() * on::<A, B, 4>(weights)).sum().backward();
+    let dv = as_f64(va.grad(&grads).expect("v takes a gradient"));
+    let ds = as_f64(sa.grad(&grads).expect("s takes a gradient"));
+    [as_f64(out.inner()), dv, ds]
+}
+
+struct WindowCheck;
+
+impl BackendTask for WindowCheck {
+    type Output = Vec<String>;
+    fn run<B: Backend>(self, device: B::Device) -> Vec<String> {
+        use relative_performer::positional::clipped::window;
+        let mut report = Vec::new();
+        // (b, h, height, width, e, C): rings wider than the image, odd
+        // sides, one ring, and the shipped models' shape
+        for (b, h, height, width, e, c) in [
+            (2, 3, 7, 9, 5, 4),
+            (1, 2, 5, 4, 3, 8),
+            (2, 1, 6, 3, 4, 1),
+            (2, 2, 28, 28, 9, 8),
+        ] {
+            let n = 1 + height * width;
+            B::seed(&device, 23);
+            let normal = |shape: [usize; 4]| {
+                Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device)
+            };
+            let (v, s, weights) = (
+                normal([b, h, n, e]),
+                normal([b, h, n, c + 1]),
+                normal([b, h, n, e]),
+            );
+            let inputs = [&v, &s, &weights];
+            let fused = window_and_grads::<Autodiff<B>, B>(inputs, (height, width), true);
+            let plain = window_and_grads::<Autodiff<B>, B>(inputs, (height, width), false);
+            let exact = window_and_grads::<Autodiff<F64>, B>(inputs, (height, width), false);
+            let inference = as_f64(window(v.clone(), s.clone(), height, width));
+            let err = |i: usize, of: &[Tensor<F64, 4>; 3]| rel_err(of[i].clone(), exact[i].clone());
+            let line = format!(
+                "{} [{b}, {h}] {height}x{width} e {e} C {c}: relative errors against f64: out fused {:.1e} (inference {:.1e}), plain {:.1e}; dv fused {:.1e}, plain {:.1e}; ds fused {:.1e}, plain {:.1e}",
+                B::name(&device),
+                err(0, &fused),
+                rel_err(inference.clone(), exact[0].clone()),
+                err(0, &plain),
+                err(1, &fused),
+                err(1, &plain),
+                err(2, &fused),
+                err(2, &plain),
+            );
+            let bound = |plain: f64| (4.0 * plain).max(2e-6);
+            assert!(
+                err(0, &fused) <= bound(err(0, &plain))
+                    && rel_err(inference, exact[0].clone()) <= bound(err(0, &plain))
+                    && err(1, &fused) <= bound(err(1, &plain))
+                    && err(2, &fused) <= bound(err(2, &plain)),
+                "{line}"
+            );
+            // the class token neither receives nor gives anything
+            let class_out = fused[0].clone().narrow(2, 0, 1).abs().max().into_scalar();
+            let class_dv = fused[1].clone().narrow(2, 0, 1).abs().max().into_scalar();
+            assert_eq!((class_out, class_dv), (0.0, 0.0), "{line}");
+            report.push(line);
+        }
+        report
+    }
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn fused_clipped_window_equals_the_plain_ops_outputs_and_gradients() {
+    for line in run_on(BackendKind::Ndarray, WindowCheck).expect("ndarray is compiled in") {
+        println!("{line}");
+    }
+}
+
 /// A dense layer's output and the gradients of `sum(out * weights)` with
 /// respect to `x`, `W` and the bias, on `A`, fused or plain
 /// (`x W + b` in Burn's ops, as `Linear::forward`), in f64.

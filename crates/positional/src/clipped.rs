@@ -170,6 +170,49 @@ pub fn ring_sums_reference<B: Backend>(
         .collect()
 }
 
+/// The window term of strategy 2: `v [b, h, n, e]` and the weights
+/// `s [b, h, n, C + 1]` (token 0 the class token, then the `height x width`
+/// pixels; `n = 1 + height * width`) -> `[b, h, n, e]`: zero for the class
+/// token, and at pixel `i` the sum over `c < C` of
+/// `(s[i, c] - s[i, C]) R_c(v)_i` ([`ring_sums`] over the pixels). On
+/// burn-ndarray in `f32` one fused pass
+/// (`relperf_favor::host::clipped_window`), else [`window_reference`].
+pub fn window<B: Backend>(
+    v: Tensor<B, 4>,
+    s: Tensor<B, 4>,
+    height: usize,
+    width: usize,
+) -> Tensor<B, 4> {
+    match relperf_favor::host::clipped_window(v, s, height, width) {
+        Ok(out) => out,
+        Err((v, s)) => window_reference(v, s, height, width),
+    }
+}
+
+/// [`window`] in plain tensor ops on every backend: the ring sums of the
+/// pixels, each weighted by `s_c - s_C` and added up, under a zero row for
+/// the class token.
+pub fn window_reference<B: Backend>(
+    v: Tensor<B, 4>,
+    s: Tensor<B, 4>,
+    height: usize,
+    width: usize,
+) -> Tensor<B, 4> {
+    let [b, h, n, e] = v.dims();
+    let c_max = s.dims()[3] - 1;
+    let pixels = n - 1;
+    let s_pix = s.narrow(2, 1, pixels);
+    let far_pix = s_pix.clone().narrow(3, c_max, 1);
+    let rings = ring_sums(v.narrow(2, 1, pixels), height, width, c_max);
+    let mut window = Tensor::zeros([b, h, pixels, e], (&far_pix.device(), far_pix.dtype()));
+    for (c, ring) in rings.into_iter().enumerate() {
+        let w = s_pix.clone().narrow(3, c, 1) - far_pix.clone();
+        window = window + w * ring;
+    }
+    let class_row = Tensor::zeros([b, h, 1, e], (&window.device(), window.dtype()));
+    Tensor::cat(vec![class_row, window], 2)
+}
+
 /// Strategy 2's relative heads: `q [b, hr, n, d]` and `v [b, hr, n, e]`
 /// (token 0 the class token, then the `height x width` pixels), their
 /// weights `s [b, hr, n, C + 1]` from [`RelativeKeys::weights`] ->
@@ -180,22 +223,13 @@ pub fn clipped_attention<B: Backend>(
     height: usize,
     width: usize,
 ) -> Tensor<B, 4> {
-    let [b, h, n, _] = v.dims();
     let c_max = s.dims()[3] - 1;
     let v1 = with_ones(v);
-    let e = v1.dims()[3];
     let total = v1.clone().sum_dim(2); // [b, h, 1, e]
     let far = s.clone().narrow(3, c_max, 1); // s_C, [b, h, n, 1]
-    let global = far.clone() * total; // [b, h, n, e]
-    let pixels = n - 1;
-    let rings = ring_sums(v1.narrow(2, 1, pixels), height, width, c_max);
-    let s_pix = s.narrow(2, 1, pixels);
-    let far_pix = far.narrow(2, 1, pixels);
-    let mut window = Tensor::zeros([b, h, pixels, e], (&global.device(), global.dtype()));
-    for (c, ring) in rings.into_iter().enumerate() {
-        let w = s_pix.clone().narrow(3, c, 1) - far_pix.clone();
-        window = window + w * ring;
+    let global = far * total; // [b, h, n, e]
+    if c_max == 0 {
+        return normalise(global);
     }
-    let class_row = Tensor::zeros([b, h, 1, e], (&window.device(), window.dtype()));
-    normalise(global + Tensor::cat(vec![class_row, window], 2))
+    normalise(global + window(v1, s, height, width))
 }
