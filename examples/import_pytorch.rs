@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! # 1. Python, with torch (crates/models/tools/README.md): state_dict -> safetensors + export.json
-//! python crates/models/tools/export_pytorch.py pretrained/*/* --out /tmp/relperf-export
+//! #    (from a worktree of the reference: git worktree add ../reference 64c6e65; cd ../reference)
+//! python "$OLDPWD/crates/models/tools/export_pytorch.py" pretrained/*/* --out /tmp/relperf-export
 //! # 2. Rust: safetensors -> Burn records
 //! cargo run --release --example import_pytorch -- /tmp/relperf-export results/pretrained
 //! ```

@@ -24,7 +24,9 @@ writing anything.
 
 Checkpoints are read with ``torch.load(weights_only=True)``: nothing but tensors and plain
 types is unpickled. Needs torch, einops, numpy and safetensors (see README.md next to this file);
-the reference is imported from this repository.
+the reference package (``relative_performer/``, which left ``main`` at commit 64c6e65) is
+imported from ``--reference DIR``, else ``$RELATIVE_PERFORMER_REFERENCE``, else this
+checkout or ``../reference`` next to it (``git worktree add ../reference 64c6e65``).
 """
 
 from __future__ import annotations
@@ -40,12 +42,10 @@ sys.dont_write_bytecode = True  # leave no __pycache__ in the reference package
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]  # HERE is tools; parents: models, crates, repository root
-sys.path.insert(0, str(REPO))
+REFERENCE_COMMIT = "64c6e65"  # the reference's last commit on main
 
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
-
-from relative_performer.errors import UserError  # noqa: E402
 
 EXPORT_FORMAT = 1
 STATE_PREFIX = "model."  # the LightningModule holds the classifier as ``self.model``
@@ -237,6 +237,16 @@ def check_export(dest: Path) -> str:
 # ==========================================================================
 
 
+def find_reference(given: Path | None) -> Path | None:
+    """The folder holding the reference's ``relative_performer`` package, or None."""
+    env = os.environ.get("RELATIVE_PERFORMER_REFERENCE")
+    candidates = [given] if given else ([Path(env)] if env else [REPO, REPO.parent / "reference"])
+    for folder in candidates:
+        if (folder / "relative_performer" / "__init__.py").is_file():
+            return folder.resolve()
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -245,7 +255,18 @@ def main() -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--no-check", action="store_true", help="do not check the exports against the reference")
     mode.add_argument("--check-only", action="store_true", help="only check existing exports; write nothing")
+    parser.add_argument("--reference", type=Path, metavar="DIR",
+                        help="a checkout of the PyTorch reference (default: $RELATIVE_PERFORMER_REFERENCE, "
+                             f"else this checkout or ../reference; git worktree add ../reference {REFERENCE_COMMIT})")
     args = parser.parse_args()
+    reference = find_reference(args.reference)
+    if reference is None:
+        print(f"error: the PyTorch reference package (relative_performer/) was not found: run "
+              f"`git worktree add {REPO.parent / 'reference'} {REFERENCE_COMMIT}` in this repository, "
+              "or pass --reference DIR", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(reference))
+    from relative_performer.errors import UserError
 
     torch.set_num_threads(1)  # no thread-count dependent reduction order
     torch.use_deterministic_algorithms(True)
