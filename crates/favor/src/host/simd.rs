@@ -68,9 +68,9 @@ pub(crate) fn max(v: &[f32]) -> f32 {
 /// `out = a b`: `a [rows, k]`, `b [k, n]`, `out [rows, n]`, row-major.
 ///
 /// For the products of one `(sample, head)` slice, whose inner or outer
-/// extents are the head's few channels or features: each output row is
-/// built in blocks of 16, 8, 4 and 1 columns held in registers across `k`,
-/// with no packing of the operands (matrixmultiply's packing took more time
+/// extents are the head's few channels or features: four output rows at a
+/// time are built in blocks of 16, 8, 4 and 1 columns held in registers across
+/// `k`, with no packing of the operands (matrixmultiply's packing took more time
 /// than its kernel on these shapes).
 #[inline(always)]
 pub(crate) fn gemm_nn(a: &[f32], b: &[f32], out: &mut [f32], k: usize, n: usize, fma: Fma) {
@@ -82,60 +82,95 @@ pub(crate) fn gemm_nn(a: &[f32], b: &[f32], out: &mut [f32], k: usize, n: usize,
         return;
     }
     debug_assert_eq!(b.len(), k * n);
-    for (arow, orow) in a.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
+    // four rows at a time: each row of `b` loaded once serves four output
+    // rows (the loads, not the multiplies, bound one row at a time)
+    let mut rows = a.chunks_exact(4 * k).zip(out.chunks_exact_mut(4 * n));
+    for (a4, o4) in &mut rows {
         let mut col = 0;
         while col + 16 <= n {
-            block::<16>(arow, b, orow, n, col, fma);
+            block::<4, 16>(a4, b, o4, (k, n, col), fma);
             col += 16;
         }
         if col + 8 <= n {
-            block::<8>(arow, b, orow, n, col, fma);
+            block::<4, 8>(a4, b, o4, (k, n, col), fma);
             col += 8;
         }
         if col + 4 <= n {
-            block::<4>(arow, b, orow, n, col, fma);
+            block::<4, 4>(a4, b, o4, (k, n, col), fma);
             col += 4;
         }
         while col < n {
-            block::<1>(arow, b, orow, n, col, fma);
+            block::<4, 1>(a4, b, o4, (k, n, col), fma);
+            col += 1;
+        }
+    }
+    let rest = a.len() / k % 4;
+    let (a_done, out_done) = (a.len() - rest * k, out.len() - rest * n);
+    let (a, out) = (&a[a_done..], &mut out[out_done..]);
+    for (arow, orow) in a.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
+        let mut col = 0;
+        while col + 16 <= n {
+            block::<1, 16>(arow, b, orow, (k, n, col), fma);
+            col += 16;
+        }
+        if col + 8 <= n {
+            block::<1, 8>(arow, b, orow, (k, n, col), fma);
+            col += 8;
+        }
+        if col + 4 <= n {
+            block::<1, 4>(arow, b, orow, (k, n, col), fma);
+            col += 4;
+        }
+        while col < n {
+            block::<1, 1>(arow, b, orow, (k, n, col), fma);
             col += 1;
         }
     }
 }
 
-/// Columns `col..col + W` of one output row of [`gemm_nn`].
+/// Columns `col..col + W` of `R` consecutive output rows of [`gemm_nn`]
+/// (`a` holds their `R` rows of `k`, `out` their `R` rows of `n`), the
+/// `R x W` sums held in registers across `k`.
 #[inline(always)]
-fn block<const W: usize>(
-    arow: &[f32],
+fn block<const R: usize, const W: usize>(
+    a: &[f32],
     b: &[f32],
-    orow: &mut [f32],
-    n: usize,
-    col: usize,
+    out: &mut [f32],
+    (k, n, col): (usize, usize, usize),
     fma: Fma,
 ) {
-    let mut acc = [0.0f32; W];
-    for (brow, &x) in b.chunks_exact(n).zip(arow) {
+    let mut acc = [[0.0f32; W]; R];
+    for (i, brow) in b.chunks_exact(n).enumerate() {
         let brow: &[f32; W] = brow[col..col + W].try_into().expect("W columns");
-        for (s, v) in acc.iter_mut().zip(brow) {
-            *s = fma.mul_add(x, *v, *s);
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let x = a[r * k + i];
+            for (s, v) in acc.iter_mut().zip(brow) {
+                *s = fma.mul_add(x, *v, *s);
+            }
         }
     }
-    orow[col..col + W].copy_from_slice(&acc);
+    for (r, acc) in acc.iter().enumerate() {
+        out[r * n + col..r * n + col + W].copy_from_slice(acc);
+    }
 }
 
-/// `out = a^T b`: `a [rows, m]`, `b [rows, e]`, `out [m, e]`, row-major,
-/// one rank-1 update per row (`out` stays in cache).
+/// `out = a^T b`: `a [rows, m]`, `b [rows, e]`, `out [m, e]`, row-major.
+///
+/// As `(b^T a)^T` through [`gemm_nn`], whose sums stay in registers across
+/// the `rows` (a rank-1 update of `out` per row loads and stores every
+/// element of `out` for each row: it ran at a store per four products).
 #[inline(always)]
 pub(crate) fn gemm_tn(a: &[f32], b: &[f32], out: &mut [f32], m: usize, e: usize, fma: Fma) {
-    out.fill(0.0);
     if m == 0 || e == 0 {
+        out.fill(0.0);
         return;
     }
-    for (arow, brow) in a.chunks_exact(m).zip(b.chunks_exact(e)) {
-        for (orow, &x) in out.chunks_exact_mut(e).zip(arow) {
-            for (o, v) in orow.iter_mut().zip(brow) {
-                *o = fma.mul_add(x, *v, *o);
-            }
+    let rows = a.len() / m;
+    let mut ct = vec![0.0f32; e * m];
+    gemm_nn(&transpose(b, rows, e), a, &mut ct, rows, m, fma);
+    for (r, row) in ct.chunks_exact(m).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * e + r] = v;
         }
     }
 }
@@ -257,6 +292,8 @@ mod tests {
             (7, 24, 76),
             (3, 16, 8),
             (4, 8, 16),
+            (13, 9, 25),
+            (8, 24, 4),
             (2, 1, 1),
             (3, 0, 5),
         ] {
@@ -271,6 +308,9 @@ mod tests {
             let mut out = vec![f32::NAN; rows * n];
             fast(|fma| gemm_nn(&a, &b, &mut out, k, n, fma));
             assert!(close(&out, &want), "nn {rows}x{k}x{n}");
+            let mut plain = vec![f32::NAN; rows * n];
+            gemm_nn(&a, &b, &mut plain, k, n, Fma(false));
+            assert!(close(&plain, &want), "nn {rows}x{k}x{n} without FMA");
             // a^T b with a^T = [k, rows] given as a [rows', k'] = [k, rows]
             let at = transpose(&a, rows, k);
             let mut out_tn = vec![f32::NAN; rows * n];
