@@ -263,6 +263,13 @@ fn register_font() {
     });
 }
 
+/// Rows and columns of the figure for `n` panels: at most two side by
+/// side (one dataset's x and y shifts in a row), so that a page shows it.
+fn grid(n: usize) -> (usize, usize) {
+    let cols = n.clamp(1, 2);
+    (n.max(1).div_ceil(cols), cols)
+}
+
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     panels: &[Panel],
@@ -273,7 +280,8 @@ fn draw<DB: DrawingBackend>(
         Some(t) => root.titled(t, ("sans-serif", 28))?,
         None => root.clone(),
     };
-    let cells = area.split_evenly((1, panels.len().max(1)));
+    let (rows, cols) = grid(panels.len());
+    let cells = area.split_evenly((rows, cols));
     for (cell, panel) in cells.iter().zip(panels) {
         let lo = panel
             .lines
@@ -352,10 +360,10 @@ pub fn plot_shifted(points: &[ShiftPoint], output: &Path, title: Option<&str>) -
     check_output(output)?;
     register_font();
     let panels = panels(points);
-    let n = panels.len().max(1) as u32;
+    let (rows, cols) = grid(panels.len());
     let size = (
-        (PANEL.0 * n).max(1050),
-        PANEL.1 + if title.is_some() { 40 } else { 0 },
+        (PANEL.0 * cols as u32).max(1050),
+        PANEL.1 * rows as u32 + if title.is_some() { 40 } else { 0 },
     );
     let fail = |e: &dyn std::fmt::Display| {
         RunError::run(format!(
@@ -439,6 +447,12 @@ mod tests {
             ));
         }
         pts
+    }
+
+    #[test]
+    fn at_most_two_panels_side_by_side() {
+        let got: Vec<_> = (0..=5).map(grid).collect();
+        assert_eq!(got, [(1, 1), (1, 1), (1, 2), (2, 2), (2, 2), (3, 2)]);
     }
 
     #[test]

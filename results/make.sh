@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Evaluate the shipped runs (results/pretrained) with the Rust binaries into
+# results/, then write results/table.md and the README's results section.
+#
+#   bash results/make.sh        # about 90 minutes on a 2-core CPU (ndarray), the build excluded
+#
+# Writes, every file with `relperf-eval` (bins/relperf-eval):
+#   results/test.csv               test-recursive: validation and test accuracy of every run
+#   results/shifted-label1-x.csv   test-shifted, label 1, shifts -8..8 along x (the paper's protocol)
+#   results/shifted-all-x.csv      test-shifted, all labels, -8..8 along x
+#   results/shifted-all-y.csv      test-shifted, all labels, -4..4 along y (digits have about 4 free rows)
+#   results/feature-draws-x.csv    the MNIST relative models with their own features and 5 fresh draws
+#   results/equivariance.csv       the equivariance probe (random weights, periodic positions)
+#   results/shifted-label1-x.{svg,png}, results/shifted-all.{svg,png}   plot-shifted of the CSVs
+#   results/table.md               the tables (results/table.py), also put into README.md
+#   results/make.json              how and when: the commit, the options, the machine, each step's time
+#
+# Environment (all optional):
+#   SHIFT_IMAGES   images per run in every test-shifted call: the first N that
+#                  qualify (default 300, as in results/reference; "all" for every one)
+#   EVAL_ARGS      more options for every evaluation, e.g. "--backend wgpu --batch-size 256"
+#   LIMIT_BATCHES  test-recursive evaluates only this many batches per split (a quick check;
+#                  the tables then say so in the images column)
+#   RUNS           the folder of runs (default results/pretrained)
+#   OUT            where the files go (default results)
+#   RELPERF_EVAL   the binary to use (default: built here with `cargo build --release`)
+#   README         the file whose results section is replaced (default README.md)
+# Every step prints its command and its time; a failed step stops the script
+# (files of earlier steps stay; each CSV is written atomically).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+runs="${RUNS:-results/pretrained}"
+out="${OUT:-results}"
+images="${SHIFT_IMAGES:-300}"
+read -r -a extra <<< "${EVAL_ARGS:-}"
+
+export RELPERF_EVAL_GIVEN="${RELPERF_EVAL:-}"
+if [ -z "${RELPERF_EVAL:-}" ]; then
+  echo "== building relperf-eval (cargo build --release -p relperf-eval-cli)" >&2
+  cargo build --release --quiet -p relperf-eval-cli
+  target="${CARGO_TARGET_DIR:-target}"
+  RELPERF_EVAL="$target/release/relperf-eval"
+fi
+[ -x "$RELPERF_EVAL" ] || { echo "error: $RELPERF_EVAL is not an executable; set RELPERF_EVAL or build with cargo build --release -p relperf-eval-cli" >&2; exit 1; }
+[ -d "$runs" ] || { echo "error: no run folder '$runs'; set RUNS to a folder of runs" >&2; exit 1; }
+mkdir -p "$out"
+
+cap=()
+if [ "$images" != "all" ]; then cap=(--max-images "$images"); fi
+limit=()
+if [ -n "${LIMIT_BATCHES:-}" ]; then limit=(--limit-batches "$LIMIT_BATCHES"); fi
+
+started=$SECONDS
+start_date=$(date -u +"%Y-%m-%d %H:%M UTC")
+steps=()
+step() { # step CMD...: print it, run it, print its time
+  local t0=$SECONDS
+  printf '\n== relperf-eval %s\n' "$*" >&2
+  "$RELPERF_EVAL" "$@"
+  local output="" prev=""
+  for arg in "$@"; do if [ "$prev" = --output ]; then output=$arg; fi; prev=$arg; done
+  steps+=("$1|$output|$((SECONDS - t0))")
+  printf '== done in %d s (%d s in all)\n' $((SECONDS - t0)) $((SECONDS - started)) >&2
+}
+
+step test-recursive "$runs" "${limit[@]}" "${extra[@]}" --output "$out/test.csv"
+step test-shifted "$runs" --labels 1 --min-shift 8 "${cap[@]}" "${extra[@]}" --output "$out/shifted-label1-x.csv"
+step test-shifted "$runs" --labels all --min-shift 8 "${cap[@]}" "${extra[@]}" --output "$out/shifted-all-x.csv"
+step test-shifted "$runs" --labels all --min-shift 4 --axis y "${cap[@]}" "${extra[@]}" --output "$out/shifted-all-y.csv"
+relative=()
+for model in RelativePerformer ExactRelativePerformer; do
+  if [ -d "$runs/MNIST/$model" ]; then relative+=("$runs/MNIST/$model"); fi
+done
+if [ ${#relative[@]} -gt 0 ]; then
+  step test-shifted "${relative[@]}" --labels all --min-shift 8 --feature-seed 1 2 3 4 5 "${cap[@]}" "${extra[@]}" \
+    --output "$out/feature-draws-x.csv"
+fi
+step equivariance --output "$out/equivariance.csv"
+for ext in svg png; do
+  step plot-shifted "$out/shifted-label1-x.csv" --output "$out/shifted-label1-x.$ext" \
+    --title "Shipped models, label 1 shifted along x"
+  step plot-shifted "$out/shifted-all-x.csv" "$out/shifted-all-y.csv" --output "$out/shifted-all.$ext" \
+    --title "Shipped models, all labels, shifted along x and y"
+done
+python3 - "$out/make.json" "$start_date" "$((SECONDS - started))" "$images" "${EVAL_ARGS:-}" "${LIMIT_BATCHES:-}" "${steps[@]}" <<'PY'
+import json, os, subprocess, sys
+path, start, seconds, images, eval_args, limit, *steps = sys.argv[1:]
+git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True).stdout.strip()
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+json.dump({
+    "command": "bash results/make.sh",
+    "commit": git("rev-parse", "--short", "HEAD"),
+    # changes to the code, not to what this script writes
+    "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results", ":!README.md")),
+    "started": start, "seconds": int(seconds),
+    "shift_images": images, "eval_args": eval_args, "limit_batches": limit or None,
+    "machine": {"cpu": cpu, "cores": os.cpu_count()},
+    "binary": os.environ.get("RELPERF_EVAL_GIVEN") or "built from this commit",
+    "steps": [{"command": c, "output": o, "seconds": int(t)} for c, o, t in (s.split("|") for s in steps)],
+}, open(path, "w"), indent=2)
+PY
+python3 results/table.py "$out" --readme "${README:-README.md}"
+echo "== results/make.sh: done in $((SECONDS - started)) s" >&2
