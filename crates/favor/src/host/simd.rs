@@ -86,45 +86,42 @@ pub(crate) fn gemm_nn(a: &[f32], b: &[f32], out: &mut [f32], k: usize, n: usize,
     // rows (the loads, not the multiplies, bound one row at a time)
     let mut rows = a.chunks_exact(4 * k).zip(out.chunks_exact_mut(4 * n));
     for (a4, o4) in &mut rows {
-        let mut col = 0;
-        while col + 16 <= n {
-            block::<4, 16>(a4, b, o4, (k, n, col), fma);
-            col += 16;
-        }
-        if col + 8 <= n {
-            block::<4, 8>(a4, b, o4, (k, n, col), fma);
-            col += 8;
-        }
-        if col + 4 <= n {
-            block::<4, 4>(a4, b, o4, (k, n, col), fma);
-            col += 4;
-        }
-        while col < n {
-            block::<4, 1>(a4, b, o4, (k, n, col), fma);
-            col += 1;
-        }
+        rows_of::<4>(a4, b, o4, (k, n), fma);
     }
     let rest = a.len() / k % 4;
     let (a_done, out_done) = (a.len() - rest * k, out.len() - rest * n);
     let (a, out) = (&a[a_done..], &mut out[out_done..]);
     for (arow, orow) in a.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
-        let mut col = 0;
-        while col + 16 <= n {
-            block::<1, 16>(arow, b, orow, (k, n, col), fma);
-            col += 16;
-        }
-        if col + 8 <= n {
-            block::<1, 8>(arow, b, orow, (k, n, col), fma);
-            col += 8;
-        }
-        if col + 4 <= n {
-            block::<1, 4>(arow, b, orow, (k, n, col), fma);
-            col += 4;
-        }
-        while col < n {
-            block::<1, 1>(arow, b, orow, (k, n, col), fma);
-            col += 1;
-        }
+        rows_of::<1>(arow, b, orow, (k, n), fma);
+    }
+}
+
+/// All `n` columns of `R` consecutive output rows of [`gemm_nn`], in
+/// [`block`]s of 16, 8, 4 and 1 columns.
+#[inline(always)]
+fn rows_of<const R: usize>(
+    a: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    (k, n): (usize, usize),
+    fma: Fma,
+) {
+    let mut col = 0;
+    while col + 16 <= n {
+        block::<R, 16>(a, b, out, (k, n, col), fma);
+        col += 16;
+    }
+    if col + 8 <= n {
+        block::<R, 8>(a, b, out, (k, n, col), fma);
+        col += 8;
+    }
+    if col + 4 <= n {
+        block::<R, 4>(a, b, out, (k, n, col), fma);
+        col += 4;
+    }
+    while col < n {
+        block::<R, 1>(a, b, out, (k, n, col), fma);
+        col += 1;
     }
 }
 
@@ -156,22 +153,68 @@ fn block<const R: usize, const W: usize>(
 
 /// `out = a^T b`: `a [rows, m]`, `b [rows, e]`, `out [m, e]`, row-major.
 ///
-/// As `(b^T a)^T` through [`gemm_nn`], whose sums stay in registers across
-/// the `rows` (a rank-1 update of `out` per row loads and stores every
-/// element of `out` for each row: it ran at a store per four products).
+/// As `(b^T a)^T` with the sums in registers across the `rows` (a rank-1
+/// update of `out` per row loads and stores every element of `out` for
+/// each row: it ran at a store per four products). `a` is the large
+/// operand (`phi(K)`, `n x m`), so the loop over its column blocks is the
+/// outer one: each block of `a`'s columns is read once, from cache, for all
+/// of `b`'s columns. (The other order read the whole of `a` once per four
+/// of `b`'s columns, from memory once `a` outgrew the cache:
+/// `RelativePerformer`'s dim-128 train step at 128x128, `phi(K)` 16385 x
+/// 185, took 3.64 / 3.66 s against 2.74 / 3.14 s this way.)
 #[inline(always)]
 pub(crate) fn gemm_tn(a: &[f32], b: &[f32], out: &mut [f32], m: usize, e: usize, fma: Fma) {
-    if m == 0 || e == 0 {
+    let rows = a.len() / m.max(1);
+    if m == 0 || e == 0 || rows == 0 {
         out.fill(0.0);
         return;
     }
-    let rows = a.len() / m;
-    let mut ct = vec![0.0f32; e * m];
-    gemm_nn(&transpose(b, rows, e), a, &mut ct, rows, m, fma);
+    let bt = transpose(b, rows, e); // [e, rows]: the product's left operand
+    let mut ct = vec![0.0f32; e * m]; // [e, m]
+    let mut col = 0;
+    while col < m {
+        let width = match m - col {
+            16.. => 16,
+            8.. => 8,
+            4.. => 4,
+            _ => 1,
+        };
+        match width {
+            16 => panel::<16>(&bt, a, &mut ct, (rows, m, col), fma),
+            8 => panel::<8>(&bt, a, &mut ct, (rows, m, col), fma),
+            4 => panel::<4>(&bt, a, &mut ct, (rows, m, col), fma),
+            _ => panel::<1>(&bt, a, &mut ct, (rows, m, col), fma),
+        }
+        col += width;
+    }
     for (r, row) in ct.chunks_exact(m).enumerate() {
         for (c, &v) in row.iter().enumerate() {
             out[c * e + r] = v;
         }
+    }
+}
+
+/// Columns `col..col + W` of every row of `out = a b` (`a [rows, k]`, `b
+/// [k, n]`, `out [rows, n]`), four rows at a time.
+#[inline(always)]
+fn panel<const W: usize>(
+    a: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    (k, n, col): (usize, usize, usize),
+    fma: Fma,
+) {
+    let mut groups = a.chunks_exact(4 * k).zip(out.chunks_exact_mut(4 * n));
+    for (a4, o4) in &mut groups {
+        block::<4, W>(a4, b, o4, (k, n, col), fma);
+    }
+    let rest = a.len() / k % 4;
+    let (a_done, out_done) = (a.len() - rest * k, out.len() - rest * n);
+    for (arow, orow) in a[a_done..]
+        .chunks_exact(k)
+        .zip(out[out_done..].chunks_exact_mut(n))
+    {
+        block::<1, W>(arow, b, orow, (k, n, col), fma);
     }
 }
 
