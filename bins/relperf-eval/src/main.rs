@@ -11,6 +11,7 @@ use burn::prelude::Backend;
 use clap::{Args, Parser, Subcommand};
 use relative_performer::backend::{BackendError, BackendKind, BackendTask, run_on_device};
 use relperf_data::{Axis, Labels};
+use relperf_eval::curves::{CURVE_COLUMNS, curve_rows, plot_curves, read_curve};
 use relperf_eval::equivariance::{ProbeConfig, ProbeRow, probe, table};
 use relperf_eval::plot::{plot_shifted, read_shift_csvs};
 use relperf_eval::shifted::{
@@ -47,6 +48,8 @@ enum Command {
     TestShifted(ShiftArgs),
     /// Plot test-shifted CSVs: accuracy against shift, one panel per dataset and axis.
     PlotShifted(PlotArgs),
+    /// Learning curves: validation accuracy against training images seen, from each run's metrics.csv; a figure and a CSV.
+    PlotCurves(CurvesArgs),
     /// How far each model's class logits move under cyclic shifts of the image: exact attention vs random features.
     Equivariance(EquivarianceArgs),
 }
@@ -154,6 +157,22 @@ struct PlotArgs {
 }
 
 #[derive(Debug, Args)]
+struct CurvesArgs {
+    /// Run folders, or folders to search for runs below.
+    #[arg(value_name = "DIR", required = true, num_args = 1..)]
+    dirs: Vec<PathBuf>,
+    /// Image file to write, .svg or .png (its folder is created).
+    #[arg(long, value_name = "FILE")]
+    output: PathBuf,
+    /// Also write the curves as a CSV file, one row per validation.
+    #[arg(long, value_name = "FILE")]
+    csv: Option<PathBuf>,
+    /// Figure title (default: none).
+    #[arg(long, value_name = "TEXT")]
+    title: Option<String>,
+}
+
+#[derive(Debug, Args)]
 struct EquivarianceArgs {
     /// Models to measure (default: all five).
     #[arg(long, value_name = "MODEL", num_args = 1.., value_parser = parse_model)]
@@ -246,6 +265,7 @@ fn run(command: Command) -> Result<(), RunError> {
         Command::TestRecursive(a) => test(a.dirs, true, a.test),
         Command::TestShifted(a) => test_shifted(a),
         Command::PlotShifted(a) => plot(a),
+        Command::PlotCurves(a) => curves(a),
         Command::Equivariance(a) => equivariance(a),
     }
 }
@@ -492,6 +512,48 @@ fn plot(a: PlotArgs) -> Result<(), RunError> {
     let points = read_shift_csvs(&a.csvs)?;
     plot_shifted(&points, &a.output, a.title.as_deref())?;
     println!("Wrote {}", a.output.display());
+    Ok(())
+}
+
+// --------------------------------------------------------- plot-curves
+
+fn curves(a: CurvesArgs) -> Result<(), RunError> {
+    if let Some(csv) = &a.csv {
+        check_output(csv)?;
+    }
+    let runs = find_runs(&a.dirs)?;
+    let curves = runs
+        .iter()
+        .map(read_curve)
+        .collect::<Result<Vec<_>, RunError>>()?;
+    plot_curves(&curves, &a.output, a.title.as_deref())?;
+    println!("Wrote {}", a.output.display());
+    if let Some(csv) = &a.csv {
+        write_csv(csv, &CURVE_COLUMNS, &curve_rows(&curves))?;
+        println!(
+            "Wrote {} rows to {}",
+            curve_rows(&curves).len(),
+            csv.display()
+        );
+    }
+    for c in &curves {
+        let best = c
+            .points
+            .iter()
+            .max_by(|x, y| x.val_acc.total_cmp(&y.val_acc))
+            .expect("a curve has a point");
+        let last = c.points.last().expect("a curve has a point");
+        println!(
+            "{}: {} validations, best val/acc {:.4} after {} images (step {}), last {:.4} after {} images",
+            c.run_dir,
+            c.points.len(),
+            best.val_acc,
+            best.images,
+            best.step,
+            last.val_acc,
+            last.images
+        );
+    }
     Ok(())
 }
 

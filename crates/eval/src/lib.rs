@@ -5,11 +5,13 @@
 //! writes and every evaluation command reads), loss and accuracy on an image
 //! set ([`mod@evaluate`]), `test` / `test-recursive` rows ([`mod@test_run`]),
 //! accuracy on shifted test images ([`shifted`]), the shift figure
-//! ([`plot`]), CSVs in the PyTorch reference's format ([`table`]), and the
+//! ([`plot`]), learning curves from `metrics.csv` ([`curves`]), CSVs in
+//! the PyTorch reference's format ([`table`]), and the
 //! equivariance probe ([`equivariance`]), the table of the reference's
 //! `relative-performer equivariance`.
 #![warn(missing_docs)]
 
+pub mod curves;
 pub mod equivariance;
 pub mod error;
 pub mod evaluate;

@@ -32,7 +32,7 @@ pub const PLOT_COLUMNS: [&str; 6] = [
 ];
 
 /// matplotlib's `tab10`: the colours of the runs, in order.
-const TAB10: [(u8, u8, u8); 10] = [
+pub(crate) const TAB10: [(u8, u8, u8); 10] = [
     (31, 119, 180),
     (255, 127, 14),
     (44, 160, 44),
@@ -46,7 +46,7 @@ const TAB10: [(u8, u8, u8); 10] = [
 ];
 
 /// Pixels of one panel (matplotlib's 6.4 x 4.6 inches at 150 dpi).
-const PANEL: (u32, u32) = (960, 690);
+pub(crate) const PANEL: (u32, u32) = (960, 690);
 
 /// One row of a `test-shifted` CSV, as much as the figure needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -146,7 +146,7 @@ pub fn read_shift_csvs(paths: &[PathBuf]) -> Result<Vec<ShiftPoint>> {
 }
 
 /// The shortest tail of `run_dir` that tells it apart from `all`.
-fn run_name(run_dir: &str, all: &[&str]) -> String {
+pub(crate) fn run_name(run_dir: &str, all: &[&str]) -> String {
     let parts: Vec<&str> = run_dir.split('/').filter(|p| !p.is_empty()).collect();
     let tail = |d: &str, n: usize| {
         let p: Vec<&str> = d.split('/').filter(|p| !p.is_empty()).collect();
@@ -256,7 +256,7 @@ pub fn panels(points: &[ShiftPoint]) -> Vec<Panel> {
     out
 }
 
-fn register_font() {
+pub(crate) fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
