@@ -106,9 +106,28 @@ def training(run_dir: str) -> str:
     except (OSError, ValueError):
         return "–"
     text = f"{results.get('global_step', '?')} steps, {duration(num(str(results.get('train_seconds', ''))))}"
+    links, steps = chain(config.get("init_from"))
+    if links:
+        # a run continued from another's best weights (train --init-from): say
+        # how many runs led to these weights and their steps up to each best
+        earlier = f"{links} earlier run" + ("s" if links > 1 else "")
+        text += f", after {earlier} of {steps} steps" if steps is not None else f", after {earlier}"
+        text += " (an init-from chain)"
     if "imported" in config:
         text += " (imported)"
     return text
+
+
+def chain(init_from) -> tuple[int, int | None]:
+    """The earlier runs of an init-from chain: their count and the steps to
+    each one's checkpoint summed (None where a link does not record them)."""
+    links, steps = 0, 0
+    while isinstance(init_from, dict):
+        links += 1
+        step = init_from.get("global_step")
+        steps = steps + int(step) if steps is not None and isinstance(step, (int, float)) else None
+        init_from = init_from.get("init_from")
+    return links, steps
 
 
 class Curves:

@@ -147,6 +147,11 @@ fn each_model_trains_resumes_and_starts_others() {
     assert_eq!(config["model_config"]["attn_dropout"], 0.0);
     assert_eq!(config["model_config"]["dim"], 8);
     assert!(config["init_from"]["run_dir"].is_string());
+    // the steps to the source's best weights, as the reference records them
+    let best_step = json(&src.join("results.json"))["best_step"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(config["init_from"]["global_step"], best_step + 1);
     // ... but not a changed model option, nor another model
     let o = train(&["--init-from", src.to_str().unwrap(), "--dim", "16"]);
     fails(&o, 2, "--dim 16 differs");

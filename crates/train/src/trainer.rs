@@ -342,12 +342,21 @@ pub fn train<B: AutodiffBackend>(
                 let best = src.best_checkpoint()?;
                 let loaded = load_record::<B>(&spec.model_config, &best, &device)?;
                 model = loaded;
+                // the steps that led to its best weights, as the reference's
+                // init_from records them (for the budget of a chain of runs)
+                let best_steps = src
+                    .read_results()
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.get("best_step").and_then(Value::as_u64))
+                    .map(|step| step + 1);
                 init_json = Some(json!({
                     "run_dir": src.path.display().to_string(),
                     "checkpoint": best.display().to_string(),
                     "model": src_config.model,
                     "dataset": src_config.dataset,
                     "seed": src_config.seed,
+                    "global_step": best_steps,
                     "command": src_config.rest.get("command"),
                     "init_from": src_config.rest.get("init_from"),
                 }));
