@@ -5,7 +5,8 @@
 
 Reads RESULTS_DIR (default `results/`): `test.csv`, `shifted-label1-x.csv`,
 `shifted-all-x.csv`, `shifted-all-y.csv`, `feature-draws-x.csv`,
-`equivariance.csv` (written by `relperf-eval`), the run folders they name
+`equivariance.csv` and, if present, `curves.csv` (written by `relperf-eval`),
+the run folders they name
 (`results.json`, `config.json`), and `reference/` (the same CSVs from the
 PyTorch reference, on the same weights). Writes RESULTS_DIR/table.md and
 replaces what stands between the README's markers
@@ -55,6 +56,7 @@ TARGET_TEST_MODELS = ["Performer", "RelativePerformer", "ExactRelativePerformer"
 SHIFT_ROBUST = ["RelativePerformer", "ExactRelativePerformer"]  # within 3 points at every shift
 SHIFT_ROBUST_POINTS = 3.0
 SHIFT_FRAGILE_POINTS = 20.0  # Performer at least this far below at the largest shift
+CURVE_MILESTONES = [32_000, 128_000, 256_000, 512_000, 1_000_000]  # training images, learning-curve columns
 
 
 class Missing(Exception):
@@ -283,6 +285,94 @@ def targets_table(test: list[dict], shifts: list[Curves]) -> str:
     return "\n".join(lines)
 
 
+def curve_runs(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """`curves.csv` (relperf-eval plot-curves) -> run_dir -> [(images, val_acc)], by images."""
+    runs: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        runs.setdefault(r["run_dir"], []).append((int(r["images"]), num(r["val_acc"])))
+    return {k: sorted(v) for k, v in runs.items()}
+
+
+def slope(points: list[tuple[int, float]]) -> float:
+    """Least-squares gain in validation accuracy per image over the second half of a curve."""
+    half = [p for p in points if p[0] >= points[-1][0] / 2]
+    if len(half) < 3:
+        return math.nan
+    mx = sum(x for x, _ in half) / len(half)
+    my = sum(y for _, y in half) / len(half)
+    var = sum((x - mx) ** 2 for x, _ in half)
+    return sum((x - mx) * (y - my) for x, y in half) / var if var else math.nan
+
+
+def kimages(n: float) -> str:
+    return f"{n / 1000:,.0f}k"
+
+
+def curves_tables(rows: list[dict]) -> tuple[str, str]:
+    """The learning curves in a table (validation accuracy by training images
+    seen) and, for the runs trained here, what their slope says of the
+    budget to the target."""
+    runs = curve_runs(rows)
+    first = {r["run_dir"]: r for r in rows}
+    head = ["model", "dataset", "trained by", "batch"] + [f"by {kimages(m)}" for m in CURVE_MILESTONES]
+    head += ["best (images)", "last (images)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    budget = []
+    def rank(run_dir: str) -> tuple:
+        r = first[run_dir]
+        return (r["imported"] == "True", DATASETS.index(r["dataset"]) if r["dataset"] in DATASETS else 9,
+                MODELS.index(r["model"]) if r["model"] in MODELS else 9, run_dir)
+
+    keyed = sorted(runs, key=rank)
+    for run_dir in keyed:
+        row, points = first[run_dir], runs[run_dir]
+        imported = row["imported"] == "True"
+        config, results = {}, {}
+        try:
+            config = json.loads((resolve_run(run_dir) / "config.json").read_text())
+            results = json.loads((resolve_run(run_dir) / "results.json").read_text())
+        except (OSError, ValueError):
+            pass
+        links, steps = chain(config.get("init_from"))
+        if imported:
+            who = "imported (PyTorch)"
+        else:
+            seconds = num(str(results.get("train_seconds", "")))
+            who = "`relperf-train`" + (f", {duration(seconds)} on the CPU" if not math.isnan(seconds) else "")
+        if links:
+            who += f", after {links} earlier run{'s' if links > 1 else ''}" + (f" of {steps} steps" if steps else "")
+        cells = [f"`{row['model']}`", row["dataset"], who, row["batch_size"]]
+        for m in CURVE_MILESTONES:
+            seen = [a for i, a in points if i <= m]
+            cells.append(pct(seen[-1]) if seen and points[-1][0] >= m else "–")
+        best = max(points, key=lambda p: p[1])
+        cells += [f"{pct(best[1])} ({kimages(best[0])})", f"{pct(points[-1][1])} ({kimages(points[-1][0])})"]
+        lines.append("| " + " | ".join(cells) + " |")
+        target = TARGET_TEST.get(row["dataset"])
+        if imported or links or target is None or row["model"] not in TARGET_TEST_MODELS:
+            continue
+        rate = slope(points)
+        gap = target / 100 - best[1]
+        text = (f"`{row['model']}` on {row['dataset']} (trained here): best validation {pct(best[1])} % after "
+                f"{kimages(best[0])} images")
+        if gap <= 0:
+            text += f", at the target of {target} % already."
+        elif math.isnan(rate) or rate <= 0:
+            text += (f"; over the second half of its curve it gained nothing, so more of the same budget "
+                     f"does not reach {target} %: the recipe must change.")
+        else:
+            more = gap / rate
+            seconds = num(str(results.get("train_seconds", "")))
+            total = int(results.get("global_step", 0)) * int(row["batch_size"])
+            per_image = seconds / total if total and not math.isnan(seconds) else math.nan
+            text += (f"; over the second half of its curve it gained {100 * rate * 1e5:.2f} points per 100k images, "
+                     f"so {target} % needs at least {kimages(more)} more images at that rate (curves flatten, so "
+                     f"this is a lower bound)")
+            text += (f", {duration(more * per_image)} more on this CPU." if not math.isnan(per_image) else ".")
+        budget.append("- " + text)
+    return "\n".join(lines), "\n".join(budget)
+
+
 def backend(eval_args: str) -> str:
     """The `--backend` of the evaluation options (relperf-eval's default: ndarray)."""
     words = eval_args.replace("=", " ").split()
@@ -350,6 +440,19 @@ def build(folder: Path) -> str:
         "The targets for the shipped models (the paper's accuracy, and its shift robustness):",
         targets_table(test, [all_x, all_y]),
     ]
+    if (folder / "curves.csv").is_file():
+        table, budget = curves_tables(read_csv(folder / "curves.csv"))
+        parts += [
+            "Learning curves (`relperf-eval plot-curves`, `results/curves.csv`; [figure](results/curves.svg)): "
+            "validation accuracy (%) by the number of training images seen, of the runs trained here by "
+            "`relperf-train` (`results/training`, made by `results/train.sh`) and of the imported runs "
+            "(their last run's curve only, where they continued others; their validations used 2,560 or "
+            "5,120 images, ours the whole 5,000):",
+            table,
+            "![Learning curves](results/curves.png)",
+        ]
+        if budget:
+            parts.append(budget)
     return "\n\n".join(parts) + "\n"
 
 

@@ -460,12 +460,11 @@ fn plot_curves_draws_the_learning_curves_of_runs() {
     ok(&o);
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.contains("<svg") && text.contains("training images seen"));
+    assert!(text.contains("ExactRelativePerformer [imported, continued]"));
     let rows = std::fs::read_to_string(&csv).unwrap();
-    assert!(
-        rows.starts_with(
-            "run_dir,model,dataset,batch_size,step,images,val_acc,val_loss,imported\n"
-        )
-    );
+    assert!(rows.starts_with(
+        "run_dir,model,dataset,batch_size,step,images,val_acc,val_loss,imported,continued\n"
+    ));
     // the shipped MNIST Performer validated 13 times, the last at step 9509
     let performer: Vec<&str> = rows
         .lines()

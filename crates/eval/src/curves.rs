@@ -18,7 +18,7 @@ use crate::run::{RunFolder, write_atomic};
 use crate::table::{Cell, Record, check_output};
 
 /// The columns of the CSV [`curve_rows`] makes.
-pub const CURVE_COLUMNS: [&str; 9] = [
+pub const CURVE_COLUMNS: [&str; 10] = [
     "run_dir",
     "model",
     "dataset",
@@ -28,6 +28,7 @@ pub const CURVE_COLUMNS: [&str; 9] = [
     "val_acc",
     "val_loss",
     "imported",
+    "continued",
 ];
 
 /// One validation of a run.
@@ -56,6 +57,9 @@ pub struct Curve {
     pub batch_size: u64,
     /// Whether the run was imported from the PyTorch reference.
     pub imported: bool,
+    /// Whether the run started from another run's weights (`init_from`):
+    /// its curve is then the last part of a longer training.
+    pub continued: bool,
     /// Its validations, by step.
     pub points: Vec<CurvePoint>,
 }
@@ -140,6 +144,7 @@ pub fn read_curve(run: &RunFolder) -> Result<Curve> {
         dataset: config.dataset.clone(),
         batch_size,
         imported: config.rest.contains_key("imported"),
+        continued: config.rest.get("init_from").is_some_and(|v| !v.is_null()),
         points,
     })
 }
@@ -161,6 +166,7 @@ pub fn curve_rows(curves: &[Curve]) -> Vec<Record> {
                 r.insert("val_loss".into(), Cell::Float(l));
             }
             r.insert("imported".into(), Cell::Bool(c.imported));
+            r.insert("continued".into(), Cell::Bool(c.continued));
             rows.push(r);
         }
     }
@@ -202,8 +208,11 @@ fn curve_panels(curves: &[Curve]) -> Vec<(String, Vec<CurveLine>)> {
                     if several {
                         label += &format!(" ({})", run_name(&c.run_dir, &dirs));
                     }
-                    if c.imported {
-                        label += " [imported]";
+                    match (c.imported, c.continued) {
+                        (true, true) => label += " [imported, continued]",
+                        (true, false) => label += " [imported]",
+                        (false, true) => label += " [continued]",
+                        (false, false) => {}
                     }
                     CurveLine {
                         label,
