@@ -12,6 +12,8 @@
 #   results/feature-draws-x.csv    the MNIST relative models with their own features and 5 fresh draws
 #   results/equivariance.csv       the equivariance probe (random weights, periodic positions)
 #   results/shifted-label1-x.{svg,png}, results/shifted-all.{svg,png}   plot-shifted of the CSVs
+#   results/curves.{csv,svg,png}   plot-curves: learning curves of results/training (runs trained
+#                  here by results/train.sh, if present) beside the shipped runs'
 #   results/table.md               the tables (results/table.py), also put into README.md
 #   results/make.json              how and when: the commit, the options, the machine, each step's time
 #
@@ -22,6 +24,7 @@
 #   LIMIT_BATCHES  test-recursive evaluates only this many batches per split (a quick check;
 #                  the tables then say so in the images column)
 #   RUNS           the folder of runs (default results/pretrained)
+#   TRAINING       the folder of runs trained here whose learning curves are drawn (default results/training)
 #   OUT            where the files go (default results)
 #   RELPERF_EVAL   the binary to use (default: built here with `cargo build --release`)
 #   README         the file whose results section is replaced (default README.md)
@@ -83,6 +86,17 @@ for ext in svg png; do
   step plot-shifted "$out/shifted-all-x.csv" "$out/shifted-all-y.csv" --output "$out/shifted-all.$ext" \
     --title "Shipped models, all labels, shifted along x and y"
 done
+# learning curves: the runs trained here by results/train.sh (results/training)
+# beside the shipped ones
+training="${TRAINING:-results/training}"
+first_runs=()  # the reference's from-scratch run that a shipped run continued
+if [ -d results/reference/first-runs ]; then first_runs=(results/reference/first-runs); fi
+if [ -d "$training" ]; then
+  for ext in svg png; do
+    step plot-curves "$training" "$runs" "${first_runs[@]}" --csv "$out/curves.csv" --output "$out/curves.$ext" \
+      --title "Learning curves: validation accuracy against training images"
+  done
+fi
 python3 - "$out/make.json" "$start_date" "$((SECONDS - started))" "$images" "${EVAL_ARGS:-}" "${LIMIT_BATCHES:-}" "${steps[@]}" <<'PY'
 import json, os, subprocess, sys
 path, start, seconds, images, eval_args, limit, *steps = sys.argv[1:]

@@ -11,7 +11,7 @@ use burn::prelude::Backend;
 use clap::{Args, Parser, Subcommand};
 use relative_performer::backend::{BackendError, BackendKind, BackendTask, run_on_device};
 use relperf_data::{Axis, Labels};
-use relperf_eval::curves::{CURVE_COLUMNS, curve_rows, plot_curves, read_curve};
+use relperf_eval::curves::{CURVE_COLUMNS, curve_rows, find_curve_runs, plot_curves, read_curve};
 use relperf_eval::equivariance::{ProbeConfig, ProbeRow, probe, table};
 use relperf_eval::plot::{plot_shifted, read_shift_csvs};
 use relperf_eval::shifted::{
@@ -158,7 +158,7 @@ struct PlotArgs {
 
 #[derive(Debug, Args)]
 struct CurvesArgs {
-    /// Run folders, or folders to search for runs below.
+    /// Run folders, or folders to search below for runs (folders with config.json and metrics.csv: relperf-train's or the PyTorch reference's).
     #[arg(value_name = "DIR", required = true, num_args = 1..)]
     dirs: Vec<PathBuf>,
     /// Image file to write, .svg or .png (its folder is created).
@@ -521,7 +521,7 @@ fn curves(a: CurvesArgs) -> Result<(), RunError> {
     if let Some(csv) = &a.csv {
         check_output(csv)?;
     }
-    let runs = find_runs(&a.dirs)?;
+    let runs = find_curve_runs(&a.dirs)?;
     let curves = runs
         .iter()
         .map(read_curve)

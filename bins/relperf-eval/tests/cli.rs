@@ -460,10 +460,10 @@ fn plot_curves_draws_the_learning_curves_of_runs() {
     ok(&o);
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.contains("<svg") && text.contains("training images seen"));
-    assert!(text.contains("ExactRelativePerformer [imported, continued]"));
+    assert!(text.contains("ExactRelativePerformer [PyTorch, continued]"));
     let rows = std::fs::read_to_string(&csv).unwrap();
     assert!(rows.starts_with(
-        "run_dir,model,dataset,batch_size,step,images,val_acc,val_loss,imported,continued\n"
+        "run_dir,model,dataset,batch_size,step,images,val_acc,val_loss,pytorch,continued\n"
     ));
     // the shipped MNIST Performer validated 13 times, the last at step 9509
     let performer: Vec<&str> = rows
@@ -487,7 +487,16 @@ fn plot_curves_draws_the_learning_curves_of_runs() {
         &run_bare(&["plot-curves", s(&bare), "--output", s(&svg)]),
         1,
     );
-    assert!(err.contains("has no metrics.csv"), "{err}");
+    assert!(
+        err.contains("no run folders with config.json and metrics.csv"),
+        "{err}"
+    );
+    std::fs::write(bare.join("metrics.csv"), "step,val/acc\n49,\n").unwrap();
+    let err = one_line_error(
+        &run_bare(&["plot-curves", s(&bare), "--output", s(&svg)]),
+        1,
+    );
+    assert!(err.contains("holds no validation"), "{err}");
     let missing = dir.path().join("nowhere");
     let err = one_line_error(
         &run_bare(&["plot-curves", s(&missing), "--output", s(&svg)]),

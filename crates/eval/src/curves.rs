@@ -7,7 +7,7 @@
 //! and `relperf-train` write it) comes after `(s + 1) * batch_size` images.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -27,7 +27,7 @@ pub const CURVE_COLUMNS: [&str; 10] = [
     "images",
     "val_acc",
     "val_loss",
-    "imported",
+    "pytorch",
     "continued",
 ];
 
@@ -55,13 +55,50 @@ pub struct Curve {
     pub dataset: String,
     /// Images per optimizer step.
     pub batch_size: u64,
-    /// Whether the run was imported from the PyTorch reference.
-    pub imported: bool,
+    /// Whether the PyTorch reference trained the run (imported into this
+    /// workspace, or a reference run folder as it wrote it).
+    pub pytorch: bool,
     /// Whether the run started from another run's weights (`init_from`):
     /// its curve is then the last part of a longer training.
     pub continued: bool,
     /// Its validations, by step.
     pub points: Vec<CurvePoint>,
+}
+
+/// The folders below `roots` (each included) that hold `config.json` and
+/// `metrics.csv`, sorted: run folders of `relperf-train` or of the PyTorch
+/// reference, with or without checkpoints. A root that is not a folder, or
+/// roots without any such folder, are one-line errors.
+pub fn find_curve_runs(roots: &[PathBuf]) -> Result<Vec<RunFolder>> {
+    let mut found = BTreeMap::new();
+    for root in roots {
+        if !root.is_dir() {
+            return Err(RunError::run(format!("{} is not a folder", root.display())));
+        }
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            let run = RunFolder::new(&dir);
+            if run.config_path().is_file() && run.metrics_path().is_file() {
+                let key = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+                found.entry(key).or_insert(run);
+            }
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.path().is_dir() && entry.file_name() != "checkpoints" {
+                    stack.push(entry.path());
+                }
+            }
+        }
+    }
+    let mut runs: Vec<RunFolder> = found.into_values().collect();
+    runs.sort();
+    if runs.is_empty() {
+        let names: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+        return Err(RunError::run(format!(
+            "no run folders with config.json and metrics.csv under {}",
+            names.join(", ")
+        )));
+    }
+    Ok(runs)
 }
 
 /// Reads the learning curve of `run`: its config (model, dataset, batch
@@ -143,7 +180,12 @@ pub fn read_curve(run: &RunFolder) -> Result<Curve> {
         model: config.model.to_string(),
         dataset: config.dataset.clone(),
         batch_size,
-        imported: config.rest.contains_key("imported"),
+        pytorch: config.rest.contains_key("imported")
+            || config
+                .rest
+                .get("command")
+                .and_then(|c| c.as_str())
+                .is_some_and(|c| c.starts_with("relative-performer ")),
         continued: config.rest.get("init_from").is_some_and(|v| !v.is_null()),
         points,
     })
@@ -165,7 +207,7 @@ pub fn curve_rows(curves: &[Curve]) -> Vec<Record> {
             if let Some(l) = p.val_loss {
                 r.insert("val_loss".into(), Cell::Float(l));
             }
-            r.insert("imported".into(), Cell::Bool(c.imported));
+            r.insert("pytorch".into(), Cell::Bool(c.pytorch));
             r.insert("continued".into(), Cell::Bool(c.continued));
             rows.push(r);
         }
@@ -183,8 +225,8 @@ struct CurveLine {
 }
 
 /// Panels by dataset; in each, a colour per model and a label per run
-/// (its model, and its folder where a model has several runs); imported
-/// runs dashed.
+/// (its model, and its folder where a model has several runs); the
+/// PyTorch reference's runs dashed.
 fn curve_panels(curves: &[Curve]) -> Vec<(String, Vec<CurveLine>)> {
     let mut by_dataset: BTreeMap<&str, Vec<&Curve>> = BTreeMap::new();
     for c in curves {
@@ -208,16 +250,16 @@ fn curve_panels(curves: &[Curve]) -> Vec<(String, Vec<CurveLine>)> {
                     if several {
                         label += &format!(" ({})", run_name(&c.run_dir, &dirs));
                     }
-                    match (c.imported, c.continued) {
-                        (true, true) => label += " [imported, continued]",
-                        (true, false) => label += " [imported]",
+                    match (c.pytorch, c.continued) {
+                        (true, true) => label += " [PyTorch, continued]",
+                        (true, false) => label += " [PyTorch]",
                         (false, true) => label += " [continued]",
                         (false, false) => {}
                     }
                     CurveLine {
                         label,
                         colour: models.iter().position(|m| *m == c.model).unwrap_or(0),
-                        dashed: c.imported,
+                        dashed: c.pytorch,
                         points: c
                             .points
                             .iter()
@@ -381,7 +423,8 @@ mod tests {
         assert_eq!(curve.model, "Performer");
         assert_eq!(curve.dataset, "MNIST");
         assert_eq!(curve.batch_size, 64);
-        assert!(curve.imported);
+        assert!(curve.pytorch);
+        assert!(!curve.continued);
         assert_eq!(
             curve.points,
             vec![
@@ -405,7 +448,32 @@ mod tests {
         let svg = tmp.path().join("curves.svg");
         plot_curves(&[curve], &svg, Some("t")).unwrap();
         let text = std::fs::read_to_string(&svg).unwrap();
-        assert!(text.contains("Performer [imported]"), "legend: {text:.200}");
+        assert!(text.contains("Performer [PyTorch]"), "legend: {text:.200}");
+    }
+
+    #[test]
+    fn curve_runs_need_a_config_and_metrics_but_no_checkpoints() {
+        let tmp = tempfile::tempdir().unwrap();
+        let reference = tmp.path().join("ref/MNIST/Performer");
+        std::fs::create_dir_all(&reference).unwrap();
+        std::fs::write(reference.join("config.json"), shipped_config()).unwrap();
+        std::fs::write(reference.join("metrics.csv"), "step,val/acc\n9,0.5\n").unwrap();
+        let config_only = tmp.path().join("ref/MNIST/Other");
+        std::fs::create_dir_all(&config_only).unwrap();
+        std::fs::write(config_only.join("config.json"), shipped_config()).unwrap();
+        let found = find_curve_runs(&[tmp.path().to_path_buf()]).unwrap();
+        assert_eq!(found, vec![RunFolder::new(&reference)]);
+        let e = find_curve_runs(std::slice::from_ref(&config_only))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no run folders with config.json and metrics.csv"),
+            "{e}"
+        );
+        let e = find_curve_runs(&[tmp.path().join("nowhere")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not a folder"), "{e}");
     }
 
     #[test]
