@@ -13,9 +13,9 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::error::{Result, RunError, one_line};
-use crate::plot::{PANEL, TAB10, register_font, run_name};
-use crate::run::{RunFolder, write_atomic};
-use crate::table::{Cell, Record, check_output};
+use crate::plot::{PANEL, TAB10, figure_kind, run_name, write_figure};
+use crate::run::{RunFolder, find_folders};
+use crate::table::{Cell, Record};
 
 /// The columns of the CSV [`curve_rows`] makes.
 pub const CURVE_COLUMNS: [&str; 10] = [
@@ -70,35 +70,11 @@ pub struct Curve {
 /// reference, with or without checkpoints. A root that is not a folder, or
 /// roots without any such folder, are one-line errors.
 pub fn find_curve_runs(roots: &[PathBuf]) -> Result<Vec<RunFolder>> {
-    let mut found = BTreeMap::new();
-    for root in roots {
-        if !root.is_dir() {
-            return Err(RunError::run(format!("{} is not a folder", root.display())));
-        }
-        let mut stack = vec![root.clone()];
-        while let Some(dir) = stack.pop() {
-            let run = RunFolder::new(&dir);
-            if run.config_path().is_file() && run.metrics_path().is_file() {
-                let key = dir.canonicalize().unwrap_or_else(|_| dir.clone());
-                found.entry(key).or_insert(run);
-            }
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                if entry.path().is_dir() && entry.file_name() != "checkpoints" {
-                    stack.push(entry.path());
-                }
-            }
-        }
-    }
-    let mut runs: Vec<RunFolder> = found.into_values().collect();
-    runs.sort();
-    if runs.is_empty() {
-        let names: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
-        return Err(RunError::run(format!(
-            "no run folders with config.json and metrics.csv under {}",
-            names.join(", ")
-        )));
-    }
-    Ok(runs)
+    find_folders(
+        roots,
+        |run| run.config_path().is_file() && run.metrics_path().is_file(),
+        "run folders with config.json and metrics.csv",
+    )
 }
 
 /// Reads the learning curve of `run`: its config (model, dataset, batch
@@ -338,57 +314,18 @@ fn draw<DB: DrawingBackend>(
 /// Draws the learning curves into `output` (`.svg` or `.png`), through a
 /// temporary file renamed into place.
 pub fn plot_curves(curves: &[Curve], output: &Path, title: Option<&str>) -> Result<()> {
-    let ext = output
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    if ext != "svg" && ext != "png" {
-        return Err(RunError::usage(format!(
-            "--output {}: give a file name ending in .svg or .png",
-            output.display()
-        )));
-    }
-    check_output(output)?;
-    register_font();
+    figure_kind(output)?;
     let panels = curve_panels(curves);
     let size = (
         (PANEL.0 * panels.len().max(1) as u32).max(1050),
         PANEL.1 + if title.is_some() { 40 } else { 0 },
     );
-    let fail = |e: &dyn std::fmt::Display| {
-        RunError::run(format!(
-            "cannot draw {} ({})",
-            output.display(),
-            one_line(&e.to_string())
-        ))
-    };
-    if ext == "svg" {
-        let mut text = String::new();
-        draw(
-            SVGBackend::with_string(&mut text, size).into_drawing_area(),
-            &panels,
-            title,
-        )
-        .map_err(|e| fail(&e))?;
-        write_atomic(output, text.as_bytes())
-    } else {
-        let name = output
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = output.with_file_name(format!(".{name}.{}.tmp.png", std::process::id()));
-        let drawn = draw(
-            BitMapBackend::new(&tmp, size).into_drawing_area(),
-            &panels,
-            title,
-        )
-        .map_err(|e| fail(&e));
-        let moved = drawn.and_then(|_| std::fs::rename(&tmp, output).map_err(|e| fail(&e)));
-        if moved.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        moved
-    }
+    write_figure(
+        output,
+        size,
+        |area| draw(area, &panels, title).map_err(|e| e.to_string()),
+        |area| draw(area, &panels, title).map_err(|e| e.to_string()),
+    )
 }
 
 #[cfg(test)]

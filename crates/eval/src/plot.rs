@@ -256,7 +256,7 @@ pub fn panels(points: &[ShiftPoint]) -> Vec<Panel> {
     out
 }
 
-pub(crate) fn register_font() {
+fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
@@ -347,6 +347,24 @@ fn draw<DB: DrawingBackend>(
 /// Draws the figure of `points` into `output` (`.svg` or `.png`), through a
 /// temporary file renamed into place.
 pub fn plot_shifted(points: &[ShiftPoint], output: &Path, title: Option<&str>) -> Result<()> {
+    figure_kind(output)?;
+    let panels = panels(points);
+    let (rows, cols) = grid(panels.len());
+    let size = (
+        (PANEL.0 * cols as u32).max(1050),
+        PANEL.1 * rows as u32 + if title.is_some() { 40 } else { 0 },
+    );
+    write_figure(
+        output,
+        size,
+        |area| draw(area, &panels, title).map_err(|e| e.to_string()),
+        |area| draw(area, &panels, title).map_err(|e| e.to_string()),
+    )
+}
+
+/// Checks that `output` names an SVG or PNG file that can be written (a
+/// usage error otherwise), before any work.
+pub(crate) fn figure_kind(output: &Path) -> Result<()> {
     let ext = output
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
@@ -357,14 +375,20 @@ pub fn plot_shifted(points: &[ShiftPoint], output: &Path, title: Option<&str>) -
             output.display()
         )));
     }
-    check_output(output)?;
+    check_output(output)
+}
+
+/// Writes a figure of `size` pixels to `output` ([`figure_kind`] checked),
+/// drawn by `svg` or `png` by its extension, through a temporary file
+/// renamed into place (the PNG's text in the bundled font).
+pub(crate) fn write_figure(
+    output: &Path,
+    size: (u32, u32),
+    svg: impl FnOnce(DrawingArea<SVGBackend<'_>, Shift>) -> std::result::Result<(), String>,
+    png: impl FnOnce(DrawingArea<BitMapBackend<'_>, Shift>) -> std::result::Result<(), String>,
+) -> Result<()> {
+    figure_kind(output)?;
     register_font();
-    let panels = panels(points);
-    let (rows, cols) = grid(panels.len());
-    let size = (
-        (PANEL.0 * cols as u32).max(1050),
-        PANEL.1 * rows as u32 + if title.is_some() { 40 } else { 0 },
-    );
     let fail = |e: &dyn std::fmt::Display| {
         RunError::run(format!(
             "cannot draw {} ({})",
@@ -372,14 +396,12 @@ pub fn plot_shifted(points: &[ShiftPoint], output: &Path, title: Option<&str>) -
             one_line(&e.to_string())
         ))
     };
-    if ext == "svg" {
+    let is_svg = output
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
+    if is_svg {
         let mut text = String::new();
-        draw(
-            SVGBackend::with_string(&mut text, size).into_drawing_area(),
-            &panels,
-            title,
-        )
-        .map_err(|e| fail(&e))?;
+        svg(SVGBackend::with_string(&mut text, size).into_drawing_area()).map_err(|e| fail(&e))?;
         crate::run::write_atomic(output, text.as_bytes())
     } else {
         let name = output
@@ -387,12 +409,7 @@ pub fn plot_shifted(points: &[ShiftPoint], output: &Path, title: Option<&str>) -
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let tmp = output.with_file_name(format!(".{name}.{}.tmp.png", std::process::id()));
-        let drawn = draw(
-            BitMapBackend::new(&tmp, size).into_drawing_area(),
-            &panels,
-            title,
-        )
-        .map_err(|e| fail(&e));
+        let drawn = png(BitMapBackend::new(&tmp, size).into_drawing_area()).map_err(|e| fail(&e));
         let moved = drawn.and_then(|_| std::fs::rename(&tmp, output).map_err(|e| fail(&e)));
         if moved.is_err() {
             let _ = std::fs::remove_file(&tmp);

@@ -373,6 +373,22 @@ pub fn next_version(parent: &Path) -> String {
 /// duplicates. A root that is not a folder is an error; no run at all is an
 /// error naming the roots.
 pub fn find_runs(roots: &[PathBuf]) -> Result<Vec<RunFolder>> {
+    find_folders(
+        roots,
+        RunFolder::is_run,
+        "run folders (config.json and checkpoints/)",
+    )
+}
+
+/// The folders at or below `roots` (each included; `checkpoints/` folders
+/// not searched) for which `wanted` holds, sorted by path, each once however
+/// it is reached. A root that is not a folder, or no such folder at all
+/// (`what` names them in the message), is a one-line error.
+pub fn find_folders(
+    roots: &[PathBuf],
+    wanted: impl Fn(&RunFolder) -> bool,
+    what: &str,
+) -> Result<Vec<RunFolder>> {
     let mut found: BTreeMap<PathBuf, RunFolder> = BTreeMap::new();
     for root in roots {
         if !root.is_dir() {
@@ -381,7 +397,7 @@ pub fn find_runs(roots: &[PathBuf]) -> Result<Vec<RunFolder>> {
         let mut stack = vec![root.clone()];
         while let Some(dir) = stack.pop() {
             let run = RunFolder::new(&dir);
-            if run.is_run() {
+            if wanted(&run) {
                 let key = dir.canonicalize().unwrap_or_else(|_| dir.clone());
                 found.entry(key).or_insert(run);
             }
@@ -400,7 +416,7 @@ pub fn find_runs(roots: &[PathBuf]) -> Result<Vec<RunFolder>> {
     if runs.is_empty() {
         let names: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
         return Err(RunError::run(format!(
-            "no run folders (config.json and checkpoints/) under {}",
+            "no {what} under {}",
             names.join(", ")
         )));
     }
