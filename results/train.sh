@@ -66,6 +66,9 @@ for job in "${jobs[@]}"; do
   if [ -f "$dir/checkpoints/last.ckpt" ]; then
     printf '\n== %s: continuing %s (budget %s in all)\n' "$job" "$dir" "$budget" >&2
     cmd=("$RELPERF_TRAIN" --resume "$dir" --max-time "$budget" "${extra[@]}")
+  elif [ -e "$dir" ]; then
+    echo "error: $dir exists but has no checkpoints/last.ckpt to continue from; start a new run from its best weights with relperf-train --init-from $dir, or move it away" >&2
+    exit 1
   else
     printf '\n== %s: a new run in %s (budget %s)\n' "$job" "$dir" "$budget" >&2
     cmd=("$RELPERF_TRAIN" "$model" "$dataset" --log-path "$runs" --exp-name "$dataset" --version "$model"
@@ -80,7 +83,7 @@ for job in "${jobs[@]}"; do
   set -e
   case $rc in
     0) ;;
-    2) if [ -f "$dir/results.json" ]; then echo "== $job: its budget is spent (raise BUDGET to go on)" >&2; else exit 2; fi ;;
+    2) if [ -f "$dir/results.json" ]; then echo "== $job: finished, not continued (the line above says why: a spent budget, raise BUDGET; or early stopping)" >&2; else exit 2; fi ;;
     *) echo "== $job: relperf-train stopped with exit code $rc; rerun this script to continue it" >&2; exit "$rc" ;;
   esac
 done
