@@ -92,10 +92,9 @@ training="${TRAINING:-results/training}"
 first_runs=()  # the reference's from-scratch run that a shipped run continued
 if [ -d results/reference/first-runs ]; then first_runs=(results/reference/first-runs); fi
 if [ -d "$training" ]; then
-  for ext in svg png; do
-    step plot-curves "$training" "$runs" "${first_runs[@]}" --csv "$out/curves.csv" --output "$out/curves.$ext" \
-      --title "Learning curves: validation accuracy against training images"
-  done
+  title="Learning curves: validation accuracy against training images"
+  step plot-curves "$training" "$runs" "${first_runs[@]}" --csv "$out/curves.csv" --output "$out/curves.svg" --title "$title"
+  step plot-curves "$training" "$runs" "${first_runs[@]}" --output "$out/curves.png" --title "$title"
 fi
 python3 - "$out/make.json" "$start_date" "$((SECONDS - started))" "$images" "${EVAL_ARGS:-}" "${LIMIT_BATCHES:-}" "${steps[@]}" <<'PY'
 import json, os, subprocess, sys

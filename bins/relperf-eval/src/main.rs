@@ -529,12 +529,9 @@ fn curves(a: CurvesArgs) -> Result<(), RunError> {
     plot_curves(&curves, &a.output, a.title.as_deref())?;
     println!("Wrote {}", a.output.display());
     if let Some(csv) = &a.csv {
-        write_csv(csv, &CURVE_COLUMNS, &curve_rows(&curves))?;
-        println!(
-            "Wrote {} rows to {}",
-            curve_rows(&curves).len(),
-            csv.display()
-        );
+        let rows = curve_rows(&curves);
+        write_csv(csv, &CURVE_COLUMNS, &rows)?;
+        println!("Wrote {} rows to {}", rows.len(), csv.display());
     }
     for c in &curves {
         let best = c

@@ -13,7 +13,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::error::{Result, RunError, one_line};
-use crate::plot::{PANEL, TAB10, figure_kind, run_name, write_figure};
+use crate::plot::{Line, PANEL, draw_lines, figure_kind, run_name, write_figure};
 use crate::run::{RunFolder, find_folders};
 use crate::table::{Cell, Record};
 
@@ -191,19 +191,10 @@ pub fn curve_rows(curves: &[Curve]) -> Vec<Record> {
     rows
 }
 
-/// One line of a learning-curve panel.
-#[derive(Debug, Clone, PartialEq)]
-struct CurveLine {
-    label: String,
-    colour: usize,
-    dashed: bool,
-    points: Vec<(f64, f64)>,
-}
-
 /// Panels by dataset; in each, a colour per model and a label per run
 /// (its model, and its folder where a model has several runs); the
 /// PyTorch reference's runs dashed.
-fn curve_panels(curves: &[Curve]) -> Vec<(String, Vec<CurveLine>)> {
+fn curve_panels(curves: &[Curve]) -> Vec<(String, Vec<Line<f64>>)> {
     let mut by_dataset: BTreeMap<&str, Vec<&Curve>> = BTreeMap::new();
     for c in curves {
         by_dataset.entry(c.dataset.as_str()).or_default().push(c);
@@ -232,7 +223,7 @@ fn curve_panels(curves: &[Curve]) -> Vec<(String, Vec<CurveLine>)> {
                         (false, true) => label += " [continued]",
                         (false, false) => {}
                     }
-                    CurveLine {
+                    Line {
                         label,
                         colour: models.iter().position(|m| *m == c.model).unwrap_or(0),
                         dashed: c.pytorch,
@@ -251,7 +242,7 @@ fn curve_panels(curves: &[Curve]) -> Vec<(String, Vec<CurveLine>)> {
 
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
-    panels: &[(String, Vec<CurveLine>)],
+    panels: &[(String, Vec<Line<f64>>)],
     title: Option<&str>,
 ) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     root.fill(&WHITE)?;
@@ -280,26 +271,7 @@ fn draw<DB: DrawingBackend>(
             .light_line_style(WHITE)
             .bold_line_style(BLACK.mix(0.12))
             .draw()?;
-        for line in lines {
-            let (r, g, b) = TAB10[line.colour % TAB10.len()];
-            let colour = RGBColor(r, g, b);
-            let style = colour.stroke_width(2);
-            let series = if line.dashed {
-                chart.draw_series(DashedLineSeries::new(line.points.clone(), 8, 5, style))?
-            } else {
-                chart.draw_series(LineSeries::new(line.points.clone(), style))?
-            };
-            let dashed = line.dashed;
-            series.label(line.label.clone()).legend(move |(x, y)| {
-                let end = if dashed { x + 8 } else { x + 20 };
-                PathElement::new(vec![(x, y), (end, y)], colour.stroke_width(2))
-            });
-            chart.draw_series(
-                line.points
-                    .iter()
-                    .map(|&p| Circle::new(p, 3, colour.filled())),
-            )?;
-        }
+        draw_lines(&mut chart, lines)?;
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::LowerRight)

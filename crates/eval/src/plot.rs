@@ -161,17 +161,18 @@ pub(crate) fn run_name(run_dir: &str, all: &[&str]) -> String {
     run_dir.to_string()
 }
 
-/// One line of a panel.
+/// One line of a panel, its points `(X, accuracy)` (`X`: the shift in
+/// pixels here; training images in `plot-curves`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Line {
+pub struct Line<X = i64> {
     /// Its legend entry.
     pub label: String,
     /// The run's colour (index into the palette).
     pub colour: usize,
-    /// Redrawn features (drawn dashed).
+    /// Drawn dashed (here: redrawn features).
     pub dashed: bool,
-    /// `(shift, accuracy)`, by shift.
-    pub points: Vec<(i64, f64)>,
+    /// `(x, accuracy)`, by x.
+    pub points: Vec<(X, f64)>,
 }
 
 /// One panel: a dataset and axis.
@@ -316,23 +317,7 @@ fn draw<DB: DrawingBackend>(
             vec![(0, -0.02), (0, 1.02)],
             RGBColor(190, 190, 190),
         )))?;
-        for line in &panel.lines {
-            let (r, g, b) = TAB10[line.colour % TAB10.len()];
-            let colour = RGBColor(r, g, b);
-            let style = colour.stroke_width(2);
-            let pts = line.points.clone();
-            let series = if line.dashed {
-                chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style))?
-            } else {
-                chart.draw_series(LineSeries::new(pts.clone(), style))?
-            };
-            let dashed = line.dashed;
-            series.label(line.label.clone()).legend(move |(x, y)| {
-                let end = if dashed { x + 8 } else { x + 20 };
-                PathElement::new(vec![(x, y), (end, y)], colour.stroke_width(2))
-            });
-            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, colour.filled())))?;
-        }
+        draw_lines(&mut chart, &panel.lines)?;
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::LowerMiddle)
@@ -342,6 +327,37 @@ fn draw<DB: DrawingBackend>(
             .draw()?;
     }
     root.present()
+}
+
+/// Draws `lines` into `chart`: each in its palette colour, solid or dashed,
+/// with a dot per point and a legend entry.
+pub(crate) fn draw_lines<DB, X>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<X, plotters::coord::types::RangedCoordf64>>,
+    lines: &[Line<X::ValueType>],
+) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+where
+    DB: DrawingBackend,
+    X: Ranged,
+    X::ValueType: Clone + 'static,
+{
+    for line in lines {
+        let (r, g, b) = TAB10[line.colour % TAB10.len()];
+        let colour = RGBColor(r, g, b);
+        let style = colour.stroke_width(2);
+        let pts = line.points.clone();
+        let series = if line.dashed {
+            chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style))?
+        } else {
+            chart.draw_series(LineSeries::new(pts.clone(), style))?
+        };
+        let dashed = line.dashed;
+        series.label(line.label.clone()).legend(move |(x, y)| {
+            let end = if dashed { x + 8 } else { x + 20 };
+            PathElement::new(vec![(x, y), (end, y)], colour.stroke_width(2))
+        });
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, colour.filled())))?;
+    }
+    Ok(())
 }
 
 /// Draws the figure of `points` into `output` (`.svg` or `.png`), through a

@@ -173,19 +173,12 @@ pub(crate) fn gemm_tn(a: &[f32], b: &[f32], out: &mut [f32], m: usize, e: usize,
     let mut ct = vec![0.0f32; e * m]; // [e, m]
     let mut col = 0;
     while col < m {
-        let width = match m - col {
-            16.. => 16,
-            8.. => 8,
-            4.. => 4,
-            _ => 1,
-        };
-        match width {
-            16 => panel::<16>(&bt, a, &mut ct, (rows, m, col), fma),
-            8 => panel::<8>(&bt, a, &mut ct, (rows, m, col), fma),
-            4 => panel::<4>(&bt, a, &mut ct, (rows, m, col), fma),
+        col += match m - col {
+            16.. => panel::<16>(&bt, a, &mut ct, (rows, m, col), fma),
+            8.. => panel::<8>(&bt, a, &mut ct, (rows, m, col), fma),
+            4.. => panel::<4>(&bt, a, &mut ct, (rows, m, col), fma),
             _ => panel::<1>(&bt, a, &mut ct, (rows, m, col), fma),
-        }
-        col += width;
+        };
     }
     for (r, row) in ct.chunks_exact(m).enumerate() {
         for (c, &v) in row.iter().enumerate() {
@@ -195,7 +188,7 @@ pub(crate) fn gemm_tn(a: &[f32], b: &[f32], out: &mut [f32], m: usize, e: usize,
 }
 
 /// Columns `col..col + W` of every row of `out = a b` (`a [rows, k]`, `b
-/// [k, n]`, `out [rows, n]`), four rows at a time.
+/// [k, n]`, `out [rows, n]`), four rows at a time; returns `W`.
 #[inline(always)]
 fn panel<const W: usize>(
     a: &[f32],
@@ -203,7 +196,7 @@ fn panel<const W: usize>(
     out: &mut [f32],
     (k, n, col): (usize, usize, usize),
     fma: Fma,
-) {
+) -> usize {
     let mut groups = a.chunks_exact(4 * k).zip(out.chunks_exact_mut(4 * n));
     for (a4, o4) in &mut groups {
         block::<4, W>(a4, b, o4, (k, n, col), fma);
@@ -216,6 +209,7 @@ fn panel<const W: usize>(
     {
         block::<1, W>(arow, b, orow, (k, n, col), fma);
     }
+    W
 }
 
 /// `a^T`: `a [rows, cols]` -> `[cols, rows]`, row-major.
