@@ -882,3 +882,79 @@ fn fused_layer_norm_equals_burns_module() {
     let err = rel_err(got, want);
     assert!(err < 1e-6, "{err:e}");
 }
+
+struct RotateCheck;
+
+impl BackendTask for RotateCheck {
+    type Output = Vec<String>;
+    fn run<B: Backend>(self, device: B::Device) -> Vec<String> {
+        use relative_performer::favor::host::rotate_pairs;
+        use relative_performer::positional::constrained::rotate;
+        type A<B> = Autodiff<B>;
+        B::seed(&device, 17);
+        let normal = Distribution::Normal(0.0, 1.0);
+        let mut report = Vec::new();
+        // (heads, tokens, axes x scales): a small case, and more tokens
+        // than one task's rows (the parameters' sums cross tasks)
+        for (h, n, p) in [(2, 5, 3), (4, 1025, 8)] {
+            let f = Tensor::<B, 3>::random([n, p, 2], normal, &device);
+            let alpha = Tensor::<B, 2>::random([h, p], normal, &device);
+            let beta = Tensor::<B, 2>::random([h, p], normal, &device);
+            let weights = Tensor::<B, 4>::random([h, n, p, 2], normal, &device);
+            let run = |fused: bool| {
+                let fa = on::<A<B>, B, 3>(&f).require_grad();
+                let aa = on::<A<B>, B, 2>(&alpha).require_grad();
+                let ba = on::<A<B>, B, 2>(&beta).require_grad();
+                let out = if fused {
+                    rotate_pairs(fa.clone(), aa.clone(), ba.clone())
+                        .unwrap_or_else(|_| panic!("the fused rotation takes {h}x{n}x{p}"))
+                } else {
+                    let pos = fa.clone().reshape([1, n, p, 2]).expand([h, n, p, 2]);
+                    rotate(
+                        pos,
+                        aa.clone().reshape([h, 1, p, 1]),
+                        ba.clone().reshape([h, 1, p, 1]),
+                    )
+                };
+                let grads = (out.clone() * on::<A<B>, B, 4>(&weights)).sum().backward();
+                let df = as_f64(fa.grad(&grads).expect("f takes a gradient"));
+                let da = as_f64(aa.grad(&grads).expect("alpha takes a gradient"));
+                let db = as_f64(ba.grad(&grads).expect("beta takes a gradient"));
+                (as_f64(out.inner()), df, da, db)
+            };
+            let (fo, fdf, fda, fdb) = run(true);
+            let (po, pdf, pda, pdb) = run(false);
+            let errs = [
+                rel_err(fo.clone(), po),
+                rel_err(fdf, pdf),
+                rel_err(fda, pda),
+                rel_err(fdb, pdb),
+            ];
+            for (err, name) in errs.iter().zip(["out", "df", "dalpha", "dbeta"]) {
+                assert!(*err <= 1e-5, "{name} {h}x{n}x{p}: {err:.1e}");
+            }
+            // without autodiff, the same values
+            let inference = rotate_pairs(f.clone(), alpha.clone(), beta.clone())
+                .unwrap_or_else(|_| panic!("the fused rotation takes {h}x{n}x{p}"));
+            assert_eq!(as_f64(inference).to_data(), fo.to_data());
+            report.push(format!(
+                "{} rotate {h} heads x {n} tokens x {p} pairs: out, df, dalpha, dbeta within {:.1e}",
+                B::name(&device),
+                errs.iter().copied().fold(0.0, f64::max)
+            ));
+        }
+        // shapes that do not fit are handed back
+        let f = Tensor::<B, 3>::zeros([3, 2, 2], &device);
+        let ab = Tensor::<B, 2>::zeros([2, 3], &device);
+        assert!(rotate_pairs(f, ab.clone(), ab).is_err());
+        report
+    }
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn fused_rotation_equals_the_plain_ops_values_and_gradients() {
+    for line in run_on(BackendKind::Ndarray, RotateCheck).expect("ndarray is compiled in") {
+        println!("{line}");
+    }
+}

@@ -15,6 +15,7 @@
 //!   standard layout ([`permute_contiguous`]: the heads' split and merge),
 //!   and last-axis concatenations with a broadcast operand ([`concat_last`]:
 //!   strategy 1's widened queries and keys);
+//! * strategy 1's rotated position features ([`rotate_pairs`]);
 //! * the separable sums of `ExactRelativePerformer`'s periodic attention
 //!   ([`separable_periodic`]);
 //! * layer normalisation over the last axis ([`layer_norm`]), a row per
@@ -113,10 +114,12 @@ use rayon::prelude::*;
 mod dense;
 mod norm;
 mod periodic;
+mod rotate;
 mod simd;
 pub use dense::{concat_last, dense, permute_contiguous};
 pub use norm::layer_norm;
 pub use periodic::{PeriodicInputs, separable_periodic};
+pub use rotate::rotate_pairs;
 use simd::{Fma, fast};
 
 /// The shape of one `(sample, head)` slice: `n x d` rows, `m` features.

@@ -104,11 +104,23 @@ impl<B: Backend> ConstrainedProjection<B> {
         let [n, a, s, _] = positions.dims();
         let h = self.heads;
         let block = a * s * 2;
-        let pos = positions.clone().unsqueeze::<5>(); // [1, n, a, s, 2]
-        let alpha = self.alpha.val().reshape([h, 1, a, s, 1]);
-        let beta = self.beta.val().reshape([h, 1, a, s, 1]);
-        let mut q_extra =
-            rotate(pos.expand([h, n, a, s, 2]), alpha, beta).reshape([1, h, n, block]);
+        let pairs = positions.clone().reshape([n, a * s, 2]);
+        let (alpha, beta) = (self.alpha.val(), self.beta.val());
+        let rotated = relperf_favor::host::rotate_pairs(
+            pairs,
+            alpha.reshape([h, a * s]),
+            beta.reshape([h, a * s]),
+        )
+        .unwrap_or_else(|(pairs, alpha, beta)| {
+            let pos = pairs.reshape([1, n, a, s, 2]).expand([h, n, a, s, 2]);
+            rotate(
+                pos,
+                alpha.reshape([h, 1, a, s, 1]),
+                beta.reshape([h, 1, a, s, 1]),
+            )
+            .reshape([h, n, a * s, 2])
+        });
+        let mut q_extra = rotated.reshape([1, h, n, block]);
         let mut k_extra = positions.clone().reshape([1, 1, n, block]);
         if let Some(linear) = &self.to_alpha_beta {
             let b = x.dims()[0];
