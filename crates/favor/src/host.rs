@@ -62,6 +62,21 @@
 //! medians of 5 against 8c7bc38's binary, inference 0.88 / 0.84 -> 0.58 /
 //! 0.54 s, and the train step (medians of 3) 2.32 -> 1.46 s.
 //!
+//! At 128x128 pixels a slice's features (`16385 x 185` floats for
+//! `RelativePerformer` at dim 128) no longer fit in cache, and each step of
+//! the feature map and of linear attention streamed them from memory: both
+//! now go through a slice [`TILE`] rows at a time, and linear attention's
+//! backward makes one pass over the query tiles and one over the key tiles.
+//! Strategy 1's rotated position features, per token and not per image,
+//! became one op ([`rotate_pairs`]), and matrixmultiply's AVX-512 kernel
+//! (compiled out by burn-ndarray's dependency without default features) is
+//! turned on. Measured with `examples/bench_step` (dim 128, medians of 3,
+//! two alternating rounds of each binary): `RelativePerformer`'s train step
+//! at 128x128 batch 1 3.21 / 3.14 -> 3.01 / 2.89 s (tiles) -> 2.25 / 2.19 s
+//! (rotation), at 32x32 batch 16 2.23 / 2.19 -> 2.12 / 2.12 s; `Performer`'s
+//! at 32x32 batch 16 1.85 / 1.84 -> 1.67 / 1.67 s (AVX-512 GEMM), its
+//! inference 0.64 / 0.65 -> 0.57 / 0.57 s.
+//!
 //! [`crate::features::softmax_features_up_to_scale_reference`] is the
 //! reference, in plain tensor ops, for every backend. On burn-ndarray it
 //! takes about ten passes over the `[b, h, n, m]` features (projection,
