@@ -65,7 +65,7 @@
 //! At 128x128 pixels a slice's features (`16385 x 185` floats for
 //! `RelativePerformer` at dim 128) no longer fit in cache, and each step of
 //! the feature map and of linear attention streamed them from memory: both
-//! now go through a slice [`TILE`] rows at a time, and linear attention's
+//! now go through a slice 128 rows at a time, and linear attention's
 //! backward makes one pass over the query tiles and one over the key tiles.
 //! Strategy 1's rotated position features, per token and not per image,
 //! became one op ([`rotate_pairs`]), and matrixmultiply's AVX-512 kernel
