@@ -5,8 +5,8 @@
 //!
 //! The build targets baseline x86-64 (SSE2: four lanes, no fused
 //! multiply-add), so that the binaries run on any x86-64 CPU; [`fast`] runs
-//! a kernel's body compiled again with AVX2 and FMA (eight lanes) when the
-//! CPU reports both at run time.
+//! a kernel's body compiled again with AVX-512 (sixteen lanes) or with AVX2
+//! and FMA (eight lanes), whichever the CPU reports at run time.
 
 /// Accumulator lanes of the reductions.
 const LANES: usize = 8;
@@ -97,7 +97,9 @@ pub(crate) fn gemm_nn(a: &[f32], b: &[f32], out: &mut [f32], k: usize, n: usize,
 }
 
 /// All `n` columns of `R` consecutive output rows of [`gemm_nn`], in
-/// [`block`]s of 16, 8, 4 and 1 columns.
+/// [`block`]s of 16, 8, 4 and 1 columns (and 32 first on the AVX-512 path:
+/// four rows of 16 columns are four 512-bit sums, too few chains to keep
+/// both FMA units busy; 32 columns are eight).
 #[inline(always)]
 fn rows_of<const R: usize>(
     a: &[f32],
@@ -107,6 +109,12 @@ fn rows_of<const R: usize>(
     fma: Fma,
 ) {
     let mut col = 0;
+    if fma.wide {
+        while col + 32 <= n {
+            block::<R, 32>(a, b, out, (k, n, col), fma);
+            col += 32;
+        }
+    }
     while col + 16 <= n {
         block::<R, 16>(a, b, out, (k, n, col), fma);
         col += 16;
@@ -174,6 +182,7 @@ pub(crate) fn gemm_tn(a: &[f32], b: &[f32], out: &mut [f32], m: usize, e: usize,
     let mut col = 0;
     while col < m {
         col += match m - col {
+            32.. if fma.wide => panel::<32>(&bt, a, &mut ct, (rows, m, col), fma),
             16.. => panel::<16>(&bt, a, &mut ct, (rows, m, col), fma),
             8.. => panel::<8>(&bt, a, &mut ct, (rows, m, col), fma),
             4.. => panel::<4>(&bt, a, &mut ct, (rows, m, col), fma),
@@ -223,51 +232,112 @@ pub(crate) fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
-/// Whether this CPU runs the AVX2 and FMA code paths (checked once).
+/// The vector extensions this CPU runs (checked once): 2 for AVX-512F,
+/// 1 for AVX2 and FMA, 0 for neither.
 #[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
+fn level() -> u8 {
     use std::sync::OnceLock;
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    static LEVEL: OnceLock<u8> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        if avx2 && std::is_x86_feature_detected!("avx512f") {
+            2
+        } else {
+            u8::from(avx2)
+        }
     })
 }
 
-/// Whether a code path multiplies and adds in one rounding
-/// ([`Fma::mul_add`]): only inside [`fast`]'s AVX2 and FMA path, where
-/// `f32::mul_add` is one instruction (elsewhere it is a library call, and
-/// the compiler never fuses `a * b + c` by itself).
+/// What a code path of [`fast`] has: whether it multiplies and adds in one
+/// rounding ([`Fma::mul_add`]: only inside the AVX2 and AVX-512 paths, where
+/// `f32::mul_add` is one instruction; elsewhere it is a library call, and
+/// the compiler never fuses `a * b + c` by itself), and whether its
+/// registers are 512 bits wide (the products then hold 32 columns in
+/// registers).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Fma(bool);
+pub(crate) struct Fma {
+    fused: bool,
+    wide: bool,
+}
 
 impl Fma {
+    /// The baseline path: no FMA, 128-bit registers.
+    pub(crate) const PLAIN: Fma = Fma {
+        fused: false,
+        wide: false,
+    };
+
     /// `a * b + c`, fused where the path has FMA.
     #[inline(always)]
     pub(crate) fn mul_add(self, a: f32, b: f32, c: f32) -> f32 {
-        if self.0 { a.mul_add(b, c) } else { a * b + c }
+        if self.fused {
+            a.mul_add(b, c)
+        } else {
+            a * b + c
+        }
     }
 }
 
-/// `f(fma)`, compiled with AVX2 and FMA enabled where the CPU has them (the
-/// closure and what it inlines: mark the closure `#[inline(always)]`), as
-/// the baseline build otherwise; `fma` tells the body which (a constant in
-/// each copy, so its branches fold away).
+/// `f(fma)` compiled with AVX2 and FMA enabled.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn with_avx2_fma<R>(f: impl FnOnce(Fma) -> R) -> R {
+    f(Fma {
+        fused: true,
+        wide: false,
+    })
+}
+
+/// `f(fma)` compiled with AVX-512F (and AVX2, FMA) enabled.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn with_avx512<R>(f: impl FnOnce(Fma) -> R) -> R {
+    f(Fma {
+        fused: true,
+        wide: true,
+    })
+}
+
+/// `f(fma)`, compiled with AVX-512 or else AVX2 and FMA enabled where the
+/// CPU has them (the closure and what it inlines: mark the closure
+/// `#[inline(always)]`), as the baseline build otherwise; `fma` tells the
+/// body which (a constant in each copy, so its branches fold away).
 #[inline(always)]
 pub(crate) fn fast<R>(f: impl FnOnce(Fma) -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx2,fma")]
-        fn with_avx2_fma<R>(f: impl FnOnce(Fma) -> R) -> R {
-            f(Fma(true))
-        }
-        if has_avx2_fma() {
-            // SAFETY: the CPU reports AVX2 and FMA (checked above), the
-            // only requirement of calling a `target_feature` function.
+        match level() {
+            // SAFETY: the CPU reports AVX-512F, AVX2 and FMA (checked in
+            // `level`), the only requirement of calling this
+            // `target_feature` function.
             #[allow(unsafe_code)]
-            return unsafe { with_avx2_fma(f) };
+            2 => return unsafe { with_avx512(f) },
+            // SAFETY: the CPU reports AVX2 and FMA (checked in `level`).
+            #[allow(unsafe_code)]
+            1 => return unsafe { with_avx2_fma(f) },
+            _ => {}
         }
     }
-    f(Fma(false))
+    f(Fma::PLAIN)
+}
+
+/// Runs `f` on every path of [`fast`] this CPU has, baseline first.
+#[cfg(test)]
+pub(crate) fn each_path(mut f: impl FnMut(Fma)) {
+    f(Fma::PLAIN);
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: as in `fast`.
+        #[allow(unsafe_code)]
+        if level() >= 1 {
+            unsafe { with_avx2_fma(&mut f) }
+        }
+        // SAFETY: as in `fast`.
+        #[allow(unsafe_code)]
+        if level() >= 2 {
+            unsafe { with_avx512(&mut f) }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -293,7 +363,7 @@ mod tests {
                 "{n}"
             );
             assert!(
-                (dot(&v, &w, Fma(false)) - seq_dot).abs() <= 1e-4 * (1.0 + seq_dot.abs()),
+                (dot(&v, &w, Fma::PLAIN) - seq_dot).abs() <= 1e-4 * (1.0 + seq_dot.abs()),
                 "{n}"
             );
             assert_eq!(max(&v), seq_max, "{n}");
@@ -333,6 +403,9 @@ mod tests {
             (8, 24, 4),
             (2, 1, 1),
             (3, 0, 5),
+            (9, 32, 110),
+            (130, 33, 65),
+            (6, 110, 32),
         ] {
             let a = values(rows * k);
             let b: Vec<f32> = values(k * n + 3)[3..].to_vec();
@@ -342,16 +415,22 @@ mod tests {
                     .zip(want)
                     .all(|(g, w)| (g - w).abs() <= 1e-4 * (1.0 + w.abs()))
             };
-            let mut out = vec![f32::NAN; rows * n];
-            fast(|fma| gemm_nn(&a, &b, &mut out, k, n, fma));
-            assert!(close(&out, &want), "nn {rows}x{k}x{n}");
+            each_path(|fma| {
+                let mut out = vec![f32::NAN; rows * n];
+                gemm_nn(&a, &b, &mut out, k, n, fma);
+                assert!(close(&out, &want), "nn {rows}x{k}x{n} {fma:?}");
+                let at = transpose(&a, rows, k);
+                let mut out_tn = vec![f32::NAN; rows * n];
+                gemm_tn(&at, &b, &mut out_tn, rows, n, fma);
+                assert!(close(&out_tn, &want), "tn {rows}x{k}x{n} {fma:?}");
+            });
             let mut plain = vec![f32::NAN; rows * n];
-            gemm_nn(&a, &b, &mut plain, k, n, Fma(false));
+            gemm_nn(&a, &b, &mut plain, k, n, Fma::PLAIN);
             assert!(close(&plain, &want), "nn {rows}x{k}x{n} without FMA");
             // a^T b with a^T = [k, rows] given as a [rows', k'] = [k, rows]
             let at = transpose(&a, rows, k);
             let mut out_tn = vec![f32::NAN; rows * n];
-            gemm_tn(&at, &b, &mut out_tn, rows, n, Fma(false));
+            gemm_tn(&at, &b, &mut out_tn, rows, n, Fma::PLAIN);
             assert!(close(&out_tn, &want), "tn {rows}x{k}x{n}");
             assert_eq!(transpose(&at, k, rows), a);
         }
