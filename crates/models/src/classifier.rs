@@ -113,17 +113,12 @@ impl<B: Backend> Attention<B> {
         width: usize,
         positions: Option<Tensor<B, 4>>,
     ) -> Tensor<B, 3> {
+        let [q, k, v] = self.split_heads(x.clone());
         let [b, n, dim] = x.dims();
-        let (h, d) = (self.heads, dim / self.heads);
-        let qkv = permute(
-            linear(&self.to_qkv, x.clone()).reshape([b, n, 3, h, d]),
-            [2, 0, 3, 1, 4],
-        );
-        let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([b, h, n, d]);
         let input = AttentionInput {
-            q: part(0),
-            k: part(1),
-            v: part(2),
+            q,
+            k,
+            v,
             x,
             height,
             width,
@@ -137,6 +132,38 @@ impl<B: Backend> Attention<B> {
                 permute(out, [0, 2, 1, 3]).reshape([b, n, dim]),
             ),
         )
+    }
+}
+
+impl<B: Backend> Attention<B> {
+    /// Queries, keys and values `[b, h, n, d]` of `x [b, n, dim]`.
+    ///
+    /// On the fused path ([`relperf_favor::host::is_fused`]) each is its own
+    /// dense layer on its third of `to_qkv`'s weight and bias, split into
+    /// heads by one copy: burn-ndarray copies every `narrow` of the joint
+    /// `[3, b, h, n, d]` projection, and in the backward fills a zero tensor
+    /// of the joint size per part and adds the three. Elsewhere one
+    /// projection, split by `narrow`.
+    fn split_heads(&self, x: Tensor<B, 3>) -> [Tensor<B, 4>; 3] {
+        let [b, n, dim] = x.dims();
+        let (h, d) = (self.heads, dim / self.heads);
+        if let (true, Some(bias)) = (relperf_favor::host::is_fused::<B>(), &self.to_qkv.bias) {
+            let (weight, bias) = (self.to_qkv.weight.val(), bias.val());
+            return [0, 1, 2].map(|i| {
+                let w = weight.clone().narrow(1, i * dim, dim);
+                let bi = bias.clone().narrow(0, i * dim, dim);
+                let y = match relperf_favor::host::dense(x.clone(), w, bi) {
+                    Ok(y) => y,
+                    Err((x, w, bi)) => x.matmul(w.unsqueeze()) + bi.unsqueeze(),
+                };
+                permute(y.reshape([b, n, h, d]), [0, 2, 1, 3])
+            });
+        }
+        let qkv = permute(
+            linear(&self.to_qkv, x).reshape([b, n, 3, h, d]),
+            [2, 0, 3, 1, 4],
+        );
+        [0, 1, 2].map(|i| qkv.clone().narrow(0, i, 1).reshape([b, h, n, d]))
     }
 }
 
