@@ -370,9 +370,9 @@ fn gelu_forward(x: &[f32]) -> Vec<f32> {
             fast(
                 #[inline(always)]
                 |_| {
-                    o.iter_mut()
-                        .zip(x)
-                        .for_each(|(o, &x)| *o = x * normal_cdf(x))
+                    for (o, &x) in o.iter_mut().zip(x) {
+                        *o = x * normal_cdf(x);
+                    }
                 },
             );
         });
@@ -390,10 +390,10 @@ fn gelu_backward(x: &[f32], g: &[f32]) -> Vec<f32> {
             fast(
                 #[inline(always)]
                 |_| {
-                    o.iter_mut().zip(x).zip(g).for_each(|((o, &x), &g)| {
+                    for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
                         let pdf = INV_SQRT_2PI * exp(-0.5 * x * x);
                         *o = g * (normal_cdf(x) + x * pdf);
-                    })
+                    }
                 },
             );
         });
