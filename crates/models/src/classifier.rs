@@ -317,42 +317,47 @@ fn dropout<B: Backend, const D: usize>(dropout: &Dropout, x: Tensor<B, D>) -> Te
     x * Tensor::from_data(TensorData::new(mask, shape), &device)
 }
 
+/// Mask elements per task of [`host_mask`]; each chunk has its own stream.
+const MASK_CHUNK: usize = 1 << 14;
+
 /// `count` values, each `1 / keep` with probability `keep` and `0`
-/// otherwise, from a xoshiro256++ stream seeded by `seed` (two 32-bit draws
-/// per 64-bit output).
+/// otherwise, filled in parallel by chunks of [`MASK_CHUNK`] elements: chunk
+/// `i` from a xoshiro256++ stream seeded by `seed` and `i` (two 32-bit draws
+/// per 64-bit output), so the mask depends on `seed` only, not on threads.
 fn host_mask<E: burn::tensor::Element>(count: usize, keep: f64, seed: u64) -> Vec<E> {
+    use rayon::prelude::*;
     let threshold = (keep * 4_294_967_296.0).round() as u64;
     let (on, off): (E, E) = ((1.0 / keep).elem(), 0.0.elem());
-    let mut s = [0u64; 4];
-    let mut z = seed;
-    for w in &mut s {
-        // splitmix64 seeding, as the xoshiro authors advise
-        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut v = z;
-        v = (v ^ (v >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        v = (v ^ (v >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        *w = v ^ (v >> 31);
-    }
-    let mut next = || {
-        let out = (s[0].wrapping_add(s[3])).rotate_left(23).wrapping_add(s[0]);
-        let t = s[1] << 17;
-        s[2] ^= s[0];
-        s[3] ^= s[1];
-        s[1] ^= s[2];
-        s[0] ^= s[3];
-        s[2] ^= t;
-        s[3] = s[3].rotate_left(45);
-        out
-    };
-    let mut mask = Vec::with_capacity(count);
-    while mask.len() < count {
-        let r = next();
-        for half in [r & 0xffff_ffff, r >> 32] {
-            if mask.len() < count {
-                mask.push(if half < threshold { on } else { off });
+    let mut mask = vec![off; count];
+    mask.par_chunks_mut(MASK_CHUNK)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            let mut s = [0u64; 4];
+            let mut z = seed ^ (i as u64).wrapping_mul(0xd1b5_4a32_d192_ed03);
+            for w in &mut s {
+                // splitmix64 seeding, as the xoshiro authors advise
+                z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut v = z;
+                v = (v ^ (v >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                v = (v ^ (v >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                *w = v ^ (v >> 31);
             }
-        }
-    }
+            for pair in chunk.chunks_mut(2) {
+                let r = (s[0].wrapping_add(s[3])).rotate_left(23).wrapping_add(s[0]);
+                let t = s[1] << 17;
+                s[2] ^= s[0];
+                s[3] ^= s[1];
+                s[1] ^= s[2];
+                s[0] ^= s[3];
+                s[2] ^= t;
+                s[3] = s[3].rotate_left(45);
+                for (m, half) in pair.iter_mut().zip([r & 0xffff_ffff, r >> 32]) {
+                    if half < threshold {
+                        *m = on;
+                    }
+                }
+            }
+        });
     mask
 }
 
@@ -701,6 +706,11 @@ mod tests {
         let kept = a.iter().filter(|&&v| v != 0.0).count() as f64 / a.len() as f64;
         assert!((kept - 0.9).abs() < 0.004, "kept {kept}");
         assert!(a.iter().all(|&v| v == 0.0 || v == 1.0 / 0.9));
+        // each chunk has its own stream, and another seed another mask
+        assert_ne!(a[..MASK_CHUNK], a[MASK_CHUNK..2 * MASK_CHUNK]);
+        <F64 as Backend>::seed(&device, 6);
+        let c: Vec<f64> = dropout(&layer, x.clone()).into_data().to_vec().unwrap();
+        assert_ne!(a, c);
         let mean = a.iter().sum::<f64>() / a.len() as f64;
         assert!((mean - 1.0).abs() < 0.005, "mean {mean}");
         // without autodiff (evaluation) dropout is the identity
