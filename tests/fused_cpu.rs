@@ -720,12 +720,14 @@ impl BackendTask for ConcatCheck {
         let normal = Distribution::Normal(0.0, 1.0);
         let mut report = Vec::new();
         // strategy 1's queries ([1, h, n, e] extras) and keys ([1, 1, n, e]),
-        // content-dependent extras (no broadcast), an empty first operand
+        // content-dependent extras (no broadcast), an empty first operand,
+        // `with_ones`'s single broadcast element
         for (a_shape, b_shape) in [
             ([2, 3, 37, 8], [1, 3, 37, 5]),
             ([2, 3, 37, 8], [1, 1, 37, 5]),
             ([2, 3, 37, 8], [2, 3, 37, 16]),
             ([3, 2, 5, 0], [3, 1, 5, 4]),
+            ([2, 3, 37, 9], [1, 1, 1, 1]),
         ] {
             let a = Tensor::<B, 4>::random(a_shape, normal, &device);
             let b = Tensor::<B, 4>::random(b_shape, normal, &device);
@@ -765,6 +767,11 @@ impl BackendTask for ConcatCheck {
                 B::name(&device)
             ));
         }
+        // `with_ones` takes this path and equals the plain concatenation
+        let v = Tensor::<B, 4>::random([2, 3, 37, 9], normal, &device);
+        let plain = Tensor::cat(vec![v.clone(), Tensor::ones([2, 3, 37, 1], &device)], 3);
+        let v1 = relative_performer::favor::attention::with_ones(v);
+        assert_eq!(as_f64(v1).to_data(), as_f64(plain).to_data());
         // leading extents that neither match nor broadcast are handed back
         let a = Tensor::<B, 3>::zeros([2, 3, 4], &device);
         assert!(concat_last(a.clone(), Tensor::<B, 3>::zeros([2, 2, 4], &device)).is_err());

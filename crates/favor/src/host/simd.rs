@@ -300,8 +300,10 @@ fn with_avx512<R>(f: impl FnOnce(Fma) -> R) -> R {
 
 /// `f(fma)`, compiled with AVX-512 or else AVX2 and FMA enabled where the
 /// CPU has them (the closure and what it inlines: mark the closure
-/// `#[inline(always)]`), as the baseline build otherwise; `fma` tells the
-/// body which (a constant in each copy, so its branches fold away).
+/// `#[inline(always)]`, and write hot loops as `for` loops: an iterator's
+/// `for_each` over a big body may stay out of line, compiled for the
+/// baseline), as the baseline build otherwise; `fma` tells the body which
+/// (a constant in each copy, so its branches fold away).
 #[inline(always)]
 pub(crate) fn fast<R>(f: impl FnOnce(Fma) -> R) -> R {
     #[cfg(target_arch = "x86_64")]
