@@ -150,7 +150,7 @@ fn accuracy(model: &ImageClassifier<B>, set: &ImageSet) -> f64 {
 /// The reference measured each exported run on the first 1000 test images
 /// (`results.json`, `check`, its own features, fp32): the imported models
 /// score the same within 0.1 points (one image). Measured: all ten equal it
-/// exactly. About 3 minutes on a 2-core CPU; CI runs this one, and the
+/// exactly. About 90 s on a 2-core CPU; CI runs this one, and the
 /// whole-split test below only by hand.
 #[test]
 fn imported_models_score_the_reference_accuracy_on_1000_test_images() {
