@@ -133,9 +133,7 @@ impl<B: Backend> Attention<B> {
             ),
         )
     }
-}
 
-impl<B: Backend> Attention<B> {
     /// Queries, keys and values `[b, h, n, d]` of `x [b, n, dim]`.
     ///
     /// On the fused path ([`relperf_favor::host::is_fused`]) each is its own
