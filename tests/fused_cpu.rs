@@ -965,3 +965,56 @@ fn fused_rotation_equals_the_plain_ops_values_and_gradients() {
         println!("{line}");
     }
 }
+
+/// The fused dropout against the product with its mask built on the host
+/// from the same seed (`dropout_chunk`): values and gradients bit-equal, on
+/// a length that is odd and not a multiple of the chunk; the inference
+/// path equal too; a mask that keeps about `keep` of the elements.
+#[cfg(feature = "ndarray")]
+#[test]
+fn fused_dropout_equals_the_product_with_its_mask() {
+    use relative_performer::favor::host::{
+        DROPOUT_CHUNK, dropout, dropout_chunk, dropout_threshold,
+    };
+    type N = burn::backend::NdArray<f32>;
+    type A = Autodiff<N>;
+    let device = Default::default();
+    let shape = [3, 1025, 37];
+    let count: usize = shape.iter().product();
+    assert!(!count.is_multiple_of(2) && !count.is_multiple_of(DROPOUT_CHUNK));
+    let (keep, seed) = (0.9, 0x1234_5678_9abc_def0_u64);
+    let mut mask = vec![0.0f32; count];
+    for (i, chunk) in mask.chunks_mut(DROPOUT_CHUNK).enumerate() {
+        let len = chunk.len();
+        dropout_chunk(seed, i, len, dropout_threshold(keep), |j, kept| {
+            chunk[j] = if kept { (1.0 / keep) as f32 } else { 0.0 };
+        });
+    }
+    let kept = mask.iter().filter(|&&m| m != 0.0).count() as f64 / count as f64;
+    assert!((kept - keep).abs() < 0.005, "kept {kept}");
+    <N as Backend>::seed(&device, 4);
+    let x = Tensor::<N, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    let w = Tensor::<N, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    let mask = Tensor::<N, 3>::from_data(TensorData::new(mask, shape), &device);
+    let run = |fused: bool| {
+        let xa = Tensor::<A, 3>::from_inner(x.clone()).require_grad();
+        let y = if fused {
+            dropout(xa.clone(), keep, seed).expect("ndarray f32 is fused")
+        } else {
+            xa.clone() * Tensor::from_inner(mask.clone())
+        };
+        let grads = (y.clone() * Tensor::from_inner(w.clone())).sum().backward();
+        let g = xa.grad(&grads).expect("a gradient");
+        (y.inner().into_data(), g.into_data())
+    };
+    let ((y_fused, g_fused), (y_plain, g_plain)) = (run(true), run(false));
+    assert_eq!(y_fused, y_plain, "values");
+    assert_eq!(g_fused, g_plain, "gradients");
+    let inference = dropout(x.clone(), keep, seed).expect("ndarray f32 is fused");
+    assert_eq!(inference.into_data(), y_plain);
+    // another seed, another mask; other backends and keep = 0 decline
+    let other = dropout(x.clone(), keep, seed + 1).expect("fused");
+    assert_ne!(other.into_data(), y_plain);
+    assert!(dropout(x.clone(), 0.0, seed).is_err());
+    assert!(dropout(Tensor::<F64, 1>::ones([4], &device), keep, seed).is_err());
+}

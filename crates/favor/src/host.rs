@@ -7,7 +7,9 @@
 //!   vectorises;
 //! * normalised linear attention ([`crate::attention::linear_attention`]):
 //!   both products and the normaliser of a slice in one task;
-//! * GELU ([`gelu`]), for the models' feed-forward layers;
+//! * GELU ([`gelu`]), for the models' feed-forward layers, and dropout
+//!   ([`dropout`]): the mask drawn where it is applied and drawn again in
+//!   the backward from its seed, never stored;
 //! * the ring sums of strategy 2 ([`ring_sums`]) and its whole window term
 //!   ([`clipped_window`]);
 //! * dense layers ([`dense`]: `x W + b` in one GEMM, its backward read in
@@ -94,6 +96,18 @@
 //! step went 1.39 -> 1.34 s. A profile that shows a generic iterator symbol
 //! beside `with_avx512` points to another such loop.
 //!
+//! Then two passes per output went away. Dropout ([`dropout`]) drew its
+//! mask into a tensor that burn-ndarray multiplied in, and multiplied again
+//! in the backward; now the op draws the mask where it applies it and draws
+//! it again from its seed in the backward. And the kernels' outputs are no
+//! longer zeroed before the kernels overwrite them (`written`, through
+//! [`MaybeUninit`]; `memset` and the page faults of fresh pages were 7.8%
+//! of a `Performer` train step in `perf`). `bench_step --model Performer
+//! --mode train` (dim 128, 32x32, batch 16, medians of 3, three alternating
+//! rounds of each binary): 1.37 / 1.40 / 1.44 -> 1.35 / 1.34 / 1.42 s
+//! (dropout), then 1.28 / 1.29 / 1.26 -> 1.09 / 1.10 / 1.12 s (outputs not
+//! zeroed first; the machine ran slower in the first pair).
+//!
 //! [`crate::features::softmax_features_up_to_scale_reference`] is the
 //! reference, in plain tensor ops, for every backend. On burn-ndarray it
 //! takes about ten passes over the `[b, h, n, m]` features (projection,
@@ -127,6 +141,7 @@
 #![cfg_attr(not(feature = "ndarray"), allow(unused))]
 
 use std::any::{Any, TypeId};
+use std::mem::MaybeUninit;
 use std::sync::{Arc, OnceLock};
 
 use burn::tensor::TensorMetadata;
@@ -190,15 +205,21 @@ impl Kernel {
     /// Features `[slices, n, m]` of `x [slices, n, d]`.
     fn forward(&self, x: &[f32]) -> Vec<f32> {
         let Dims { n, d, m, .. } = self.dims;
-        let mut out = vec![0.0f32; x.len() / d * m];
-        out.par_chunks_mut(n * m)
-            .zip(x.par_chunks(n * d))
-            .for_each(|(f, xs)| {
-                fast(
-                    #[inline(always)]
-                    |fma| self.forward_slice(xs, f, fma),
-                )
-            });
+        // SAFETY: `forward_slice` writes its whole slice (it checks the
+        // lengths), and the slices pair up with `x`'s and cover the output.
+        #[allow(unsafe_code)]
+        let [out] = unsafe {
+            written([x.len() / d * m], |[out]| {
+                out.par_chunks_mut(n * m)
+                    .zip(x.par_chunks(n * d))
+                    .for_each(|(f, xs)| {
+                        fast(
+                            #[inline(always)]
+                            |fma| self.forward_slice(xs, f, fma),
+                        )
+                    })
+            })
+        };
         out
     }
 
@@ -206,12 +227,12 @@ impl Kernel {
     /// its row-wise steps while its rows are in cache (the keys' `exp` waits
     /// for the slice's maximum: one more pass).
     #[inline(always)]
-    fn forward_slice(&self, xs: &[f32], f: &mut [f32], fma: Fma) {
+    fn forward_slice(&self, xs: &[f32], f: &mut [MaybeUninit<f32>], fma: Fma) {
         let Dims { n, d, m, .. } = self.dims;
-        debug_assert_eq!((xs.len(), f.len()), (n * d, n * m));
+        assert_eq!((xs.len(), f.len()), (n * d, n * m));
         let mut max = f32::NEG_INFINITY;
         for (xt, ft) in xs.chunks(TILE * d).zip(f.chunks_mut(TILE * m)) {
-            simd::gemm_nn(xt, &self.wt, ft, d, m, fma);
+            let ft = simd::gemm_nn_init(xt, &self.wt, ft, d, m, fma);
             if self.is_query {
                 // softmax over the features of each row
                 for row in ft.chunks_exact_mut(m) {
@@ -230,6 +251,10 @@ impl Kernel {
             }
         }
         if !self.is_query {
+            // SAFETY: the tiles above cover `f` (`n` rows of `xs` and of
+            // `f`, checked) and `gemm_nn_init` wrote each of them.
+            #[allow(unsafe_code)]
+            let f = unsafe { simd::init_mut(f) };
             // exp(W x' - c |x|^2 - s)
             f.iter_mut().for_each(|v| *v = exp(*v - max));
         }
@@ -239,25 +264,41 @@ impl Kernel {
     /// `f`, given theirs, `g`.
     fn backward(&self, x: &[f32], f: &[f32], g: &[f32]) -> Vec<f32> {
         let Dims { n, d, m, .. } = self.dims;
-        let mut out = vec![0.0f32; x.len()];
-        out.par_chunks_mut(n * d)
-            .zip(x.par_chunks(n * d))
-            .zip(f.par_chunks(n * m).zip(g.par_chunks(n * m)))
-            .for_each(|((gx, xs), (fs, gs))| {
-                fast(
-                    #[inline(always)]
-                    |fma| self.backward_slice(xs, fs, gs, gx, fma),
-                )
-            });
+        // SAFETY: `backward_slice` writes its whole slice (it checks the
+        // lengths), and the slices pair up with `x`'s and cover the output.
+        #[allow(unsafe_code)]
+        let [out] = unsafe {
+            written([x.len()], |[out]| {
+                out.par_chunks_mut(n * d)
+                    .zip(x.par_chunks(n * d))
+                    .zip(f.par_chunks(n * m).zip(g.par_chunks(n * m)))
+                    .for_each(|((gx, xs), (fs, gs))| {
+                        fast(
+                            #[inline(always)]
+                            |fma| self.backward_slice(xs, fs, gs, gx, fma),
+                        )
+                    })
+            })
+        };
         out
     }
 
     /// The gradient of one slice, tile by tile (the exponent's gradient of
     /// a tile stays in cache for its product with `W`).
     #[inline(always)]
-    fn backward_slice(&self, xs: &[f32], fs: &[f32], gs: &[f32], gx: &mut [f32], fma: Fma) {
+    fn backward_slice(
+        &self,
+        xs: &[f32],
+        fs: &[f32],
+        gs: &[f32],
+        gx: &mut [MaybeUninit<f32>],
+        fma: Fma,
+    ) {
         let Dims { n, d, m, .. } = self.dims;
-        debug_assert_eq!((fs.len(), gs.len(), gx.len()), (n * m, n * m, n * d));
+        assert_eq!(
+            (xs.len(), fs.len(), gs.len(), gx.len()),
+            (n * d, n * m, n * m, n * d)
+        );
         let mut gp = vec![0.0f32; TILE.min(n) * m];
         let mut row_sums = vec![0.0f32; TILE.min(n)];
         let tiles = fs.chunks(TILE * m).zip(gs.chunks(TILE * m));
@@ -283,7 +324,7 @@ impl Kernel {
                     *rs = s;
                 }
             }
-            simd::gemm_nn(gp, &self.w, gxt, m, d, fma);
+            let gxt = simd::gemm_nn_init(gp, &self.w, gxt, m, d, fma);
             if !self.is_query {
                 let two_c = 2.0 * self.c;
                 for ((gr, xr), rs) in gxt
@@ -358,6 +399,49 @@ fn normal_cdf(x: f32) -> f32 {
 /// Elements per rayon task of the elementwise kernels.
 const CHUNK: usize = 1 << 14;
 
+/// `N` vectors of the given lengths, each element written once by `fill`
+/// (through [`MaybeUninit::write`]) without a zeroing pass first: zeroing
+/// the outputs that the kernels overwrite anyway (`memset`, and the page
+/// faults of fresh pages) took about 6% of a `Performer` train step.
+///
+/// # Safety
+/// `fill` must write every element of the slices it gets.
+#[allow(unsafe_code)]
+unsafe fn written<const N: usize>(
+    lens: [usize; N],
+    fill: impl FnOnce([&mut [MaybeUninit<f32>]; N]),
+) -> [Vec<f32>; N] {
+    let mut out = lens.map(Vec::<f32>::with_capacity);
+    let mut slices = out.each_mut().map(|v| v.spare_capacity_mut());
+    for (slice, &len) in slices.iter_mut().zip(&lens) {
+        let whole = std::mem::take(slice);
+        *slice = &mut whole[..len];
+        // debug builds poison the elements first, so that one left
+        // unwritten shows in the tests as NaN
+        if cfg!(debug_assertions) {
+            slice.iter_mut().for_each(|v| {
+                v.write(f32::NAN);
+            });
+        }
+    }
+    fill(slices);
+    for (v, len) in out.iter_mut().zip(lens) {
+        // SAFETY: by the caller's contract `fill` wrote the first `len`
+        // elements (the capacity is at least `len`).
+        unsafe { v.set_len(len) };
+    }
+    out
+}
+
+/// `src` written into `dst` (of the same length).
+#[inline(always)]
+fn put(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    debug_assert_eq!(dst.len(), src.len());
+    for (d, &s) in dst.iter_mut().zip(src) {
+        d.write(s);
+    }
+}
+
 /// Rows per rayon task of the row-wise kernels (dense, layout, layer norm),
 /// where a pass is memory-bound.
 const ROWS_PER_TASK: usize = 256;
@@ -371,19 +455,25 @@ const TILE: usize = 128;
 
 /// GELU `x Phi(x)` of every element.
 fn gelu_forward(x: &[f32]) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(o, x)| {
-            fast(
-                #[inline(always)]
-                |_| {
-                    for (o, &x) in o.iter_mut().zip(x) {
-                        *o = x * normal_cdf(x);
-                    }
-                },
-            );
-        });
+    // SAFETY: the chunks of the output and of `x` pair up one to one (equal
+    // lengths) and every element is written.
+    #[allow(unsafe_code)]
+    let [out] = unsafe {
+        written([x.len()], |[out]| {
+            out.par_chunks_mut(CHUNK)
+                .zip(x.par_chunks(CHUNK))
+                .for_each(|(o, x)| {
+                    fast(
+                        #[inline(always)]
+                        |_| {
+                            for (o, &x) in o.iter_mut().zip(x) {
+                                o.write(x * normal_cdf(x));
+                            }
+                        },
+                    );
+                })
+        })
+    };
     out
 }
 
@@ -391,20 +481,103 @@ fn gelu_forward(x: &[f32]) -> Vec<f32> {
 /// `g`.
 fn gelu_backward(x: &[f32], g: &[f32]) -> Vec<f32> {
     const INV_SQRT_2PI: f32 = 0.398_942_3;
-    let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-        .for_each(|(o, (x, g))| {
-            fast(
-                #[inline(always)]
-                |_| {
-                    for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                        let pdf = INV_SQRT_2PI * exp(-0.5 * x * x);
-                        *o = g * (normal_cdf(x) + x * pdf);
-                    }
-                },
-            );
-        });
+    debug_assert_eq!(x.len(), g.len());
+    // SAFETY: the chunks of the output, `x` and `g` pair up one to one
+    // (equal lengths) and every element is written.
+    #[allow(unsafe_code)]
+    let [out] = unsafe {
+        written([x.len()], |[out]| {
+            out.par_chunks_mut(CHUNK)
+                .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+                .for_each(|(o, (x, g))| {
+                    fast(
+                        #[inline(always)]
+                        |_| {
+                            for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+                                let pdf = INV_SQRT_2PI * exp(-0.5 * x * x);
+                                o.write(g * (normal_cdf(x) + x * pdf));
+                            }
+                        },
+                    );
+                })
+        })
+    };
+    out
+}
+
+/// Elements per chunk of a dropout mask: chunk `i` has its own stream
+/// ([`dropout_chunk`]), so a mask depends on its seed only, not on how
+/// the chunks are spread over threads.
+pub const DROPOUT_CHUNK: usize = 1 << 14;
+
+/// Element `j` of chunk `chunk` of the dropout mask of `seed` is kept when
+/// the `j`-th 32-bit draw of the chunk's stream falls below `threshold`
+/// (`keep 2^32`, rounded): `f(j, kept)` for `j` in `0..len`.
+///
+/// The stream is xoshiro256++ seeded by splitmix64 from `seed` and the
+/// chunk's index; each 64-bit output gives two draws (low half first).
+#[inline(always)]
+pub fn dropout_chunk(
+    seed: u64,
+    chunk: usize,
+    len: usize,
+    threshold: u64,
+    mut f: impl FnMut(usize, bool),
+) {
+    let mut s = [0u64; 4];
+    let mut z = seed ^ (chunk as u64).wrapping_mul(0xd1b5_4a32_d192_ed03);
+    for w in &mut s {
+        // splitmix64 seeding, as the xoshiro authors advise
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut v = z;
+        v = (v ^ (v >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        v = (v ^ (v >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        *w = v ^ (v >> 31);
+    }
+    let mut j = 0;
+    while j < len {
+        let r = (s[0].wrapping_add(s[3])).rotate_left(23).wrapping_add(s[0]);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        f(j, (r & 0xffff_ffff) < threshold);
+        if j + 1 < len {
+            f(j + 1, (r >> 32) < threshold);
+        }
+        j += 2;
+    }
+}
+
+/// The threshold of [`dropout_chunk`] for a keep probability.
+pub fn dropout_threshold(keep: f64) -> u64 {
+    (keep * 4_294_967_296.0).round() as u64
+}
+
+/// `x` times the dropout mask of `seed` (`1 / keep` where kept, `0`
+/// elsewhere), chunk by chunk in parallel.
+fn dropout_forward(x: &[f32], keep: f64, seed: u64) -> Vec<f32> {
+    let threshold = dropout_threshold(keep);
+    let on = (1.0 / keep) as f32;
+    // SAFETY: the chunks of the output and of `x` pair up one to one (equal
+    // lengths), and `dropout_chunk` calls the closure for every index of its
+    // chunk, which writes that element.
+    #[allow(unsafe_code)]
+    let [out] = unsafe {
+        written([x.len()], |[out]| {
+            out.par_chunks_mut(DROPOUT_CHUNK)
+                .zip(x.par_chunks(DROPOUT_CHUNK))
+                .enumerate()
+                .for_each(|(i, (o, x))| {
+                    dropout_chunk(seed, i, x.len(), threshold, |j, kept| {
+                        o[j].write(x[j] * if kept { on } else { 0.0 });
+                    });
+                })
+        })
+    };
     out
 }
 
@@ -670,6 +843,79 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Result<Tensor<B, D>,
     Err(x)
 }
 
+#[derive(Debug)]
+struct DropoutBackward;
+
+impl<I: HostIo> Backward<I, 1> for DropoutBackward {
+    /// The keep probability, the mask's seed and the input's shape.
+    type State = (f64, u64, Vec<usize>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (keep, seed, shape) = ops.state;
+        unary::<I, _>(ops.parents, ops.node, grads, |grad| {
+            let device = I::float_device(&grad);
+            let gx = I::with_slice(&grad, |g| dropout_forward(g, keep, seed));
+            I::from_vec(gx, &shape, &device)
+        });
+    }
+}
+
+/// Dropout on `Autodiff<I>`, with [`DropoutBackward`].
+fn dropout_tracked<I: HostIo>(
+    x: FloatTensor<Autodiff<I>>,
+    keep: f64,
+    seed: u64,
+) -> FloatTensor<Autodiff<I>> {
+    let shape = x.primitive.shape().to_vec();
+    let y = I::with_slice(&x.primitive, |x| dropout_forward(x, keep, seed));
+    let output = I::from_vec(y, &shape, &I::float_device(&x.primitive));
+    match DropoutBackward
+        .prepare::<NoCheckpointing>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((keep, seed, shape), output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    }
+}
+
+/// Dropout with the mask of `seed` ([`dropout_chunk`]: each element kept
+/// with probability `keep`, then scaled by `1 / keep`) in one pass, forward
+/// and backward, when [`is_fused`] and `keep` is in `(0, 1]`; the input
+/// back otherwise.
+///
+/// The backward draws the mask again from the seed instead of keeping it:
+/// no mask tensor is written, stored or read. The result equals `x` times
+/// the mask as a tensor of `1 / keep` and `0` (as `f32`), bit for bit.
+pub fn dropout<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    keep: f64,
+    seed: u64,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    if !(is_fused::<B>() && keep > 0.0 && keep <= 1.0) {
+        return Err(x);
+    }
+    macro_rules! on {
+        ($inner:ty) => {
+            if TypeId::of::<B>() == TypeId::of::<$inner>() {
+                let prim: FloatTensor<$inner> = same(x.into_primitive().tensor());
+                let shape = prim.shape().to_vec();
+                let y = <$inner as HostIo>::with_slice(&prim, |x| dropout_forward(x, keep, seed));
+                let out = <$inner as HostIo>::from_vec(y, &shape, &<$inner>::float_device(&prim));
+                return Ok(Tensor::from_primitive(TensorPrimitive::Float(same(out))));
+            }
+            if TypeId::of::<B>() == TypeId::of::<Autodiff<$inner>>() {
+                let prim: FloatTensor<Autodiff<$inner>> = same(x.into_primitive().tensor());
+                let out = dropout_tracked::<$inner>(prim, keep, seed);
+                return Ok(Tensor::from_primitive(TensorPrimitive::Float(same(out))));
+            }
+        };
+    }
+    #[cfg(feature = "ndarray")]
+    on!(burn_ndarray::NdArray<f32>);
+    Err(x)
+}
+
 /// The shape of one `(sample, head)` slice of linear attention: `n` query
 /// and key tokens, `m` features, `e` value channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -703,18 +949,18 @@ impl LinearDims {
     /// the normaliser clamped to the smallest positive `f32`; returns the
     /// normalisers, negative where clamped.
     #[inline(always)]
-    fn forward_slice(
+    fn forward_slice<'o>(
         &self,
         q: &[f32],
         c: &[f32],
         sums: &[f32],
-        out: &mut [f32],
+        out: &'o mut [MaybeUninit<f32>],
         fma: Fma,
-    ) -> Vec<f32> {
+    ) -> (&'o mut [f32], Vec<f32>) {
         let LinearDims { m, e, .. } = *self;
         let rows = q.len() / m;
         debug_assert_eq!((q.len(), out.len()), (rows * m, rows * e));
-        simd::gemm_nn(q, c, out, m, e, fma);
+        let out = simd::gemm_nn_init(q, c, out, m, e, fma);
         let mut dens = vec![0.0f32; rows];
         for ((row, qr), den) in out
             .chunks_exact_mut(e)
@@ -731,7 +977,7 @@ impl LinearDims {
             let d = den.abs();
             row.iter_mut().for_each(|v| *v /= d);
         }
-        dens
+        (out, dens)
     }
 
     /// The gradients `(dQ', dK', dV)` of a slice given the output's `g`:
@@ -741,14 +987,20 @@ impl LinearDims {
     fn backward_slice(
         &self,
         (q, k, v, g): (&[f32], &[f32], &[f32], &[f32]),
-        (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
+        [dq, dk, dv]: [&mut [MaybeUninit<f32>]; 3],
         fma: Fma,
     ) {
         let LinearDims { n, m, e } = *self;
+        assert_eq!(
+            (q.len(), k.len(), v.len(), g.len()),
+            (n * m, n * m, n * e, n * e)
+        );
+        assert_eq!((dq.len(), dk.len(), dv.len()), (n * m, n * m, n * e));
         let (c, sums) = self.context(k, v, fma);
         let ct = simd::transpose(&c, m, e);
         let tile = TILE.min(n);
-        let (mut out, mut dnum) = (vec![0.0f32; tile * e], vec![0.0f32; tile * e]);
+        let mut out = vec![MaybeUninit::<f32>::uninit(); tile * e];
+        let mut dnum = vec![0.0f32; tile * e];
         let mut dden = vec![0.0f32; tile];
         let (mut dc, mut part) = (vec![0.0f32; m * e], vec![0.0f32; m * e]);
         let mut ds = vec![0.0f32; m];
@@ -763,7 +1015,7 @@ impl LinearDims {
                 &mut dnum[..rows * e],
                 &mut dden[..rows],
             );
-            let dens = self.forward_slice(qt, &c, &sums, out, fma);
+            let (out, dens) = self.forward_slice(qt, &c, &sums, out, fma);
             // d num = g / den; d den = -sum(g out) / den (0 where clamped)
             for (i, &den_raw) in dens.iter().enumerate() {
                 let den = den_raw.abs();
@@ -779,7 +1031,7 @@ impl LinearDims {
                 };
             }
             // dQ' = dnum C^T + dden s^T
-            simd::gemm_nn(dnum, &ct, dqt, e, m, fma);
+            let dqt = simd::gemm_nn_init(dnum, &ct, dqt, e, m, fma);
             for (row, dd) in dqt.chunks_exact_mut(m).zip(dden.iter()) {
                 row.iter_mut().zip(&sums).for_each(|(d, s)| *d += dd * s);
             }
@@ -797,59 +1049,68 @@ impl LinearDims {
             .zip(dk.chunks_mut(TILE * m).zip(dv.chunks_mut(TILE * e)))
         {
             // dK' = V dC^T + 1 ds^T
-            simd::gemm_nn(vt, &dct, dkt, e, m, fma);
+            let dkt = simd::gemm_nn_init(vt, &dct, dkt, e, m, fma);
             for row in dkt.chunks_exact_mut(m) {
                 row.iter_mut().zip(&ds).for_each(|(d, s)| *d += s);
             }
             // dV = K' dC
-            simd::gemm_nn(kt, &dc, dvt, m, e, fma);
+            simd::gemm_nn_init(kt, &dc, dvt, m, e, fma);
         }
     }
 
     /// The attention output `[slices, n, e]`.
     fn forward(&self, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
         let LinearDims { n, m, e } = *self;
-        let mut out = vec![0.0f32; v.len()];
-        out.par_chunks_mut(n * e)
-            .zip(q.par_chunks(n * m))
-            .zip(k.par_chunks(n * m).zip(v.par_chunks(n * e)))
-            .for_each(|((o, q), (k, v))| {
-                fast(
-                    #[inline(always)]
-                    |fma| {
-                        let (c, sums) = self.context(k, v, fma);
-                        for (qt, ot) in q.chunks(TILE * m).zip(o.chunks_mut(TILE * e)) {
-                            self.forward_slice(qt, &c, &sums, ot, fma);
-                        }
-                    },
-                )
-            });
+        // SAFETY: `forward_slice` writes each tile (`gemm_nn_init` checks
+        // the lengths); the tiles of a slice pair up with the query tiles
+        // (`n` rows each), and the slices cover the output.
+        #[allow(unsafe_code)]
+        let [out] = unsafe {
+            written([v.len()], |[out]| {
+                out.par_chunks_mut(n * e)
+                    .zip(q.par_chunks(n * m))
+                    .zip(k.par_chunks(n * m).zip(v.par_chunks(n * e)))
+                    .for_each(|((o, q), (k, v))| {
+                        assert_eq!((q.len(), o.len()), (n * m, n * e));
+                        fast(
+                            #[inline(always)]
+                            |fma| {
+                                let (c, sums) = self.context(k, v, fma);
+                                for (qt, ot) in q.chunks(TILE * m).zip(o.chunks_mut(TILE * e)) {
+                                    self.forward_slice(qt, &c, &sums, ot, fma);
+                                }
+                            },
+                        )
+                    })
+            })
+        };
         out
     }
 
     /// `(dQ', dK', dV)`, each as its input.
     fn backward(&self, q: &[f32], k: &[f32], v: &[f32], g: &[f32]) -> [Vec<f32>; 3] {
         let LinearDims { n, m, e } = *self;
-        let (mut dq, mut dk, mut dv) = (
-            vec![0.0f32; q.len()],
-            vec![0.0f32; k.len()],
-            vec![0.0f32; v.len()],
-        );
-        dq.par_chunks_mut(n * m)
-            .zip(dk.par_chunks_mut(n * m))
-            .zip(dv.par_chunks_mut(n * e))
-            .zip(
-                q.par_chunks(n * m)
-                    .zip(k.par_chunks(n * m))
-                    .zip(v.par_chunks(n * e).zip(g.par_chunks(n * e))),
-            )
-            .for_each(|(((dq, dk), dv), ((q, k), (v, g)))| {
-                fast(
-                    #[inline(always)]
-                    |fma| self.backward_slice((q, k, v, g), (dq, dk, dv), fma),
-                );
-            });
-        [dq, dk, dv]
+        // SAFETY: `backward_slice` writes its three outputs whole (it
+        // checks the lengths), and the slices cover them.
+        #[allow(unsafe_code)]
+        unsafe {
+            written([q.len(), k.len(), v.len()], |[dq, dk, dv]| {
+                dq.par_chunks_mut(n * m)
+                    .zip(dk.par_chunks_mut(n * m))
+                    .zip(dv.par_chunks_mut(n * e))
+                    .zip(
+                        q.par_chunks(n * m)
+                            .zip(k.par_chunks(n * m))
+                            .zip(v.par_chunks(n * e).zip(g.par_chunks(n * e))),
+                    )
+                    .for_each(|(((dq, dk), dv), ((q, k), (v, g)))| {
+                        fast(
+                            #[inline(always)]
+                            |fma| self.backward_slice((q, k, v, g), [dq, dk, dv], fma),
+                        );
+                    })
+            })
+        }
     }
 }
 
@@ -1293,6 +1554,26 @@ pub fn clipped_window<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::exp;
+
+    /// Debug builds fill `written`'s outputs with NaN first, so that a
+    /// kernel that leaves an element unwritten fails its tests (run with
+    /// `cargo test` without `--release`).
+    #[cfg(debug_assertions)]
+    #[test]
+    fn written_outputs_start_as_nan_in_debug_builds() {
+        // SAFETY: in debug builds every element is written (the poison)
+        // before `fill` runs.
+        #[allow(unsafe_code)]
+        let [a, b] = unsafe {
+            super::written([3, 2], |[a, b]| {
+                a[0].write(1.0);
+                a[2].write(3.0);
+                b[1].write(5.0);
+            })
+        };
+        assert_eq!((a[0], a[2], b[1]), (1.0, 3.0, 5.0));
+        assert!(a[1].is_nan() && b[0].is_nan());
+    }
 
     fn exp_in_place(v: &mut [f32]) {
         v.iter_mut().for_each(|x| *x = exp(*x));

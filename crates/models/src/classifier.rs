@@ -290,8 +290,11 @@ fn host_masks<B: Backend>(device: &B::Device) -> bool {
 /// On CPU backends ([`host_masks`]) the mask is drawn on the host by a
 /// xoshiro256++ generator whose seed is drawn from the backend's RNG (so
 /// `Backend::seed` still makes the masks reproducible), each element kept
-/// when a 32-bit draw falls below `(1 - prob) 2^32`; elsewhere it is the
-/// backend's Bernoulli draw.
+/// when a 32-bit draw falls below `(1 - prob) 2^32`
+/// ([`relperf_favor::host::dropout_chunk`]); burn-ndarray in `f32` applies
+/// it in one fused op whose backward draws the mask again
+/// ([`relperf_favor::host::dropout`]), the other CPU backends multiply by
+/// it as a tensor. Elsewhere it is the backend's Bernoulli draw.
 fn dropout<B: Backend, const D: usize>(dropout: &Dropout, x: Tensor<B, D>) -> Tensor<B, D> {
     let device = x.device();
     if !B::ad_enabled(&device) || dropout.prob == 0.0 {
@@ -310,51 +313,33 @@ fn dropout<B: Backend, const D: usize>(dropout: &Dropout, x: Tensor<B, D>) -> Te
     let seed = draw.iter().fold(0u64, |s, &u| {
         (s << 24) | ((u * 16_777_216.0) as u64 & 0xff_ffff)
     });
+    let x = match relperf_favor::host::dropout(x, keep, seed) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
     let shape = x.shape();
     let mask = host_mask::<B::FloatElem>(shape.num_elements(), keep, seed);
     x * Tensor::from_data(TensorData::new(mask, shape), &device)
 }
 
-/// Mask elements per task of [`host_mask`]; each chunk has its own stream.
-const MASK_CHUNK: usize = 1 << 14;
-
 /// `count` values, each `1 / keep` with probability `keep` and `0`
-/// otherwise, filled in parallel by chunks of [`MASK_CHUNK`] elements: chunk
-/// `i` from a xoshiro256++ stream seeded by `seed` and `i` (two 32-bit draws
-/// per 64-bit output), so the mask depends on `seed` only, not on threads.
+/// otherwise: the mask of `seed` ([`relperf_favor::host::dropout_chunk`]),
+/// filled in parallel chunk by chunk, for the CPU backends that do not take
+/// the fused [`relperf_favor::host::dropout`] (which equals `x` times this).
 fn host_mask<E: burn::tensor::Element>(count: usize, keep: f64, seed: u64) -> Vec<E> {
     use rayon::prelude::*;
-    let threshold = (keep * 4_294_967_296.0).round() as u64;
+    use relperf_favor::host::{DROPOUT_CHUNK, dropout_chunk, dropout_threshold};
+    let threshold = dropout_threshold(keep);
     let (on, off): (E, E) = ((1.0 / keep).elem(), 0.0.elem());
     let mut mask = vec![off; count];
-    mask.par_chunks_mut(MASK_CHUNK)
+    mask.par_chunks_mut(DROPOUT_CHUNK)
         .enumerate()
         .for_each(|(i, chunk)| {
-            let mut s = [0u64; 4];
-            let mut z = seed ^ (i as u64).wrapping_mul(0xd1b5_4a32_d192_ed03);
-            for w in &mut s {
-                // splitmix64 seeding, as the xoshiro authors advise
-                z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                let mut v = z;
-                v = (v ^ (v >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                v = (v ^ (v >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-                *w = v ^ (v >> 31);
-            }
-            for pair in chunk.chunks_mut(2) {
-                let r = (s[0].wrapping_add(s[3])).rotate_left(23).wrapping_add(s[0]);
-                let t = s[1] << 17;
-                s[2] ^= s[0];
-                s[3] ^= s[1];
-                s[1] ^= s[2];
-                s[0] ^= s[3];
-                s[2] ^= t;
-                s[3] = s[3].rotate_left(45);
-                for (m, half) in pair.iter_mut().zip([r & 0xffff_ffff, r >> 32]) {
-                    if half < threshold {
-                        *m = on;
-                    }
+            dropout_chunk(seed, i, chunk.len(), threshold, |j, kept| {
+                if kept {
+                    chunk[j] = on;
                 }
-            }
+            });
         });
     mask
 }
@@ -705,7 +690,8 @@ mod tests {
         assert!((kept - 0.9).abs() < 0.004, "kept {kept}");
         assert!(a.iter().all(|&v| v == 0.0 || v == 1.0 / 0.9));
         // each chunk has its own stream, and another seed another mask
-        assert_ne!(a[..MASK_CHUNK], a[MASK_CHUNK..2 * MASK_CHUNK]);
+        let chunk = relperf_favor::host::DROPOUT_CHUNK;
+        assert_ne!(a[..chunk], a[chunk..2 * chunk]);
         <F64 as Backend>::seed(&device, 6);
         let c: Vec<f64> = dropout(&layer, x.clone()).into_data().to_vec().unwrap();
         assert_ne!(a, c);

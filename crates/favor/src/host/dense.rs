@@ -28,11 +28,25 @@ struct DenseDims {
 
 impl DenseDims {
     fn forward(&self, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
-        // one pass writes the bias rows (no zeroing first)
-        let mut y = Vec::with_capacity(self.rows * self.output);
-        for _ in 0..self.rows {
-            y.extend_from_slice(bias);
-        }
+        // one parallel pass writes the bias rows (no zeroing first)
+        let output = self.output;
+        let mut y = if output == 0 {
+            Vec::new()
+        } else {
+            // SAFETY: every row of every task's chunk gets the bias, and
+            // the chunks cover `y`; nothing reads it here.
+            #[allow(unsafe_code)]
+            let [y] = unsafe {
+                written([self.rows * output], |[y]| {
+                    y.par_chunks_mut(output * ROWS_PER_TASK).for_each(|rows| {
+                        for row in rows.chunks_exact_mut(output) {
+                            put(row, bias);
+                        }
+                    })
+                })
+            };
+            y
+        };
         if self.input > 0 && self.rows > 0 {
             let x = ArrayView2::from_shape((self.rows, self.input), x).expect("x's length");
             let w = ArrayView2::from_shape((self.input, self.output), w).expect("w's length");
@@ -46,17 +60,66 @@ impl DenseDims {
     /// The gradients of `x`, `w` and the bias given the output's `g`.
     fn backward(&self, x: &[f32], w: &[f32], g: &[f32]) -> [Vec<f32>; 3] {
         let (rows, input, output) = (self.rows, self.input, self.output);
-        let mut gx = vec![0.0f32; rows * input];
-        let mut gw = vec![0.0f32; input * output];
-        if rows > 0 && input > 0 && output > 0 {
-            let xv = ArrayView2::from_shape((rows, input), x).expect("x's length");
-            let wv = ArrayView2::from_shape((input, output), w).expect("w's length");
-            let gv = ArrayView2::from_shape((rows, output), g).expect("g's length");
-            let mut gxv = ArrayViewMut2::from_shape((rows, input), &mut gx[..]).expect("gx");
-            general_mat_mul(1.0, &gv, &wv.t(), 0.0, &mut gxv);
-            let mut gwv = ArrayViewMut2::from_shape((input, output), &mut gw[..]).expect("gw");
-            general_mat_mul(1.0, &xv.t(), &gv, 0.0, &mut gwv);
-        }
+        assert_eq!(
+            (x.len(), w.len(), g.len()),
+            (rows * input, input * output, rows * output)
+        );
+        // gx = g W^T and gw = x^T g, both GEMMs with beta = 0, which do not
+        // read their output (matrixmultiply's contract; `k = 0` is a GEMM
+        // of zeros, written as such)
+        // SAFETY: each output is written by its GEMM (or filled) before
+        // anything reads it; the strides address `x [rows, input]`, `W
+        // [input, output]`, `g [rows, output]` within their lengths,
+        // checked above, and the outputs row-major.
+        #[allow(unsafe_code)]
+        let [gx, gw] = unsafe {
+            written([rows * input, input * output], |[gx, gw]| {
+                if output == 0 {
+                    gx.iter_mut().for_each(|v| {
+                        v.write(0.0);
+                    });
+                } else if rows * input > 0 {
+                    matrixmultiply::sgemm(
+                        rows,
+                        output,
+                        input,
+                        1.0,
+                        g.as_ptr(),
+                        output as isize,
+                        1,
+                        w.as_ptr(),
+                        1,
+                        output as isize,
+                        0.0,
+                        gx.as_mut_ptr().cast::<f32>(),
+                        input as isize,
+                        1,
+                    );
+                }
+                if rows == 0 {
+                    gw.iter_mut().for_each(|v| {
+                        v.write(0.0);
+                    });
+                } else if input * output > 0 {
+                    matrixmultiply::sgemm(
+                        input,
+                        rows,
+                        output,
+                        1.0,
+                        x.as_ptr(),
+                        1,
+                        input as isize,
+                        g.as_ptr(),
+                        output as isize,
+                        1,
+                        0.0,
+                        gw.as_mut_ptr().cast::<f32>(),
+                        output as isize,
+                        1,
+                    );
+                }
+            })
+        };
         let gb = if output == 0 {
             Vec::new()
         } else {
@@ -181,10 +244,9 @@ pub fn dense<B: Backend, const D: usize>(
 /// `perm[i]`; the last axis stays last), in standard layout.
 fn permute_rows(x: &[f32], shape: &[usize], perm: &[usize]) -> Vec<f32> {
     let rank = shape.len();
-    let mut out = vec![0.0f32; x.len()];
     let inner = shape[rank - 1];
     if x.is_empty() || inner == 0 {
-        return out;
+        return vec![0.0; x.len()];
     }
     let mut strides = vec![1usize; rank];
     for a in (0..rank - 1).rev() {
@@ -194,26 +256,33 @@ fn permute_rows(x: &[f32], shape: &[usize], perm: &[usize]) -> Vec<f32> {
     let from: Vec<usize> = perm.iter().map(|&p| strides[p]).collect();
     let extent: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
     let task = x.len() / extent[0];
-    out.par_chunks_mut(task).enumerate().for_each(|(i0, dst)| {
-        // an odometer over output axes 1..rank-1, the input offset kept
-        // in step with it
-        let mut index = vec![0usize; rank];
-        let mut at = i0 * from[0];
-        for row in dst.chunks_mut(inner) {
-            row.copy_from_slice(&x[at..at + inner]);
-            let mut a = rank - 1;
-            while a > 1 {
-                a -= 1;
-                index[a] += 1;
-                at += from[a];
-                if index[a] < extent[a] {
-                    break;
+    // SAFETY: every row of every task's chunk is copied into, and the
+    // chunks cover the output; nothing reads it here.
+    #[allow(unsafe_code)]
+    let [out] = unsafe {
+        written([x.len()], |[out]| {
+            out.par_chunks_mut(task).enumerate().for_each(|(i0, dst)| {
+                // an odometer over output axes 1..rank-1, the input offset kept
+                // in step with it
+                let mut index = vec![0usize; rank];
+                let mut at = i0 * from[0];
+                for row in dst.chunks_mut(inner) {
+                    put(row, &x[at..at + inner]);
+                    let mut a = rank - 1;
+                    while a > 1 {
+                        a -= 1;
+                        index[a] += 1;
+                        at += from[a];
+                        if index[a] < extent[a] {
+                            break;
+                        }
+                        at -= from[a] * extent[a];
+                        index[a] = 0;
+                    }
                 }
-                at -= from[a] * extent[a];
-                index[a] = 0;
-            }
-        }
-    });
+            })
+        })
+    };
     out
 }
 
@@ -326,20 +395,26 @@ impl ConcatDims {
     fn forward(&self, a: &[f32], b: &[f32]) -> Vec<f32> {
         let (da, db) = (self.da, self.db);
         let width = da + db;
-        let mut out = vec![0.0f32; self.rows() * width];
         if width == 0 {
-            return out;
+            return Vec::new();
         }
-        out.par_chunks_mut(width * ROWS_PER_TASK)
-            .enumerate()
-            .for_each(|(t, chunk)| {
-                for (i, row) in chunk.chunks_mut(width).enumerate() {
-                    let r = t * ROWS_PER_TASK + i;
-                    row[..da].copy_from_slice(&a[r * da..(r + 1) * da]);
-                    let br = self.b_row(r);
-                    row[da..].copy_from_slice(&b[br * db..(br + 1) * db]);
-                }
-            });
+        // SAFETY: both parts of every row are copied into, and the chunks
+        // cover the output; nothing reads it here.
+        #[allow(unsafe_code)]
+        let [out] = unsafe {
+            written([self.rows() * width], |[out]| {
+                out.par_chunks_mut(width * ROWS_PER_TASK)
+                    .enumerate()
+                    .for_each(|(t, chunk)| {
+                        for (i, row) in chunk.chunks_mut(width).enumerate() {
+                            let r = t * ROWS_PER_TASK + i;
+                            put(&mut row[..da], &a[r * da..(r + 1) * da]);
+                            let br = self.b_row(r);
+                            put(&mut row[da..], &b[br * db..(br + 1) * db]);
+                        }
+                    })
+            })
+        };
         out
     }
 

@@ -24,35 +24,40 @@ impl NormDims {
     /// backward.
     fn forward(&self, x: &[f32], gamma: &[f32], beta: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let w = self.width;
-        let mut y = vec![0.0f32; self.rows * w];
-        let mut mean = vec![0.0f32; self.rows];
-        let mut rstd = vec![0.0f32; self.rows];
         if w == 0 {
-            return (y, mean, rstd);
+            return (Vec::new(), vec![0.0; self.rows], vec![0.0; self.rows]);
         }
-        y.par_chunks_mut(w * ROWS_PER_TASK)
-            .zip(x.par_chunks(w * ROWS_PER_TASK))
-            .zip(
-                mean.par_chunks_mut(ROWS_PER_TASK)
-                    .zip(rstd.par_chunks_mut(ROWS_PER_TASK)),
-            )
-            .for_each(|((y, x), (mean, rstd))| {
-                for (((y, x), mu), r) in y
-                    .chunks_mut(w)
-                    .zip(x.chunks(w))
-                    .zip(mean.iter_mut())
-                    .zip(rstd.iter_mut())
-                {
-                    let m = x.iter().sum::<f32>() / w as f32;
-                    let var = x.iter().map(|v| (v - m) * (v - m)).sum::<f32>() / w as f32;
-                    let s = 1.0 / (var + self.epsilon).sqrt();
-                    for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
-                        *y = (x - m) * s * g + b;
-                    }
-                    *mu = m;
-                    *r = s;
-                }
-            });
+        // SAFETY: each row of `y`, and its mean and scale, are written in
+        // the row's loop, and the tasks' chunks cover all rows; nothing
+        // reads them here.
+        #[allow(unsafe_code)]
+        let [y, mean, rstd] = unsafe {
+            written([self.rows * w, self.rows, self.rows], |[y, mean, rstd]| {
+                y.par_chunks_mut(w * ROWS_PER_TASK)
+                    .zip(x.par_chunks(w * ROWS_PER_TASK))
+                    .zip(
+                        mean.par_chunks_mut(ROWS_PER_TASK)
+                            .zip(rstd.par_chunks_mut(ROWS_PER_TASK)),
+                    )
+                    .for_each(|((y, x), (mean, rstd))| {
+                        for (((y, x), mu), r) in y
+                            .chunks_mut(w)
+                            .zip(x.chunks(w))
+                            .zip(mean.iter_mut())
+                            .zip(rstd.iter_mut())
+                        {
+                            let m = x.iter().sum::<f32>() / w as f32;
+                            let var = x.iter().map(|v| (v - m) * (v - m)).sum::<f32>() / w as f32;
+                            let s = 1.0 / (var + self.epsilon).sqrt();
+                            for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
+                                y.write((x - m) * s * g + b);
+                            }
+                            mu.write(m);
+                            r.write(s);
+                        }
+                    })
+            })
+        };
         (y, mean, rstd)
     }
 
@@ -66,62 +71,71 @@ impl NormDims {
         g: &[f32],
     ) -> [Vec<f32>; 3] {
         let w = self.width;
-        let mut gx = vec![0.0f32; self.rows * w];
         if w == 0 {
-            return [gx, Vec::new(), Vec::new()];
+            return [Vec::new(), Vec::new(), Vec::new()];
         }
         let inv_w = 1.0 / w as f32;
-        let (gg, gb) = gx
-            .par_chunks_mut(w * ROWS_PER_TASK)
-            .zip(x.par_chunks(w * ROWS_PER_TASK))
-            .zip(g.par_chunks(w * ROWS_PER_TASK))
-            .zip(
-                mean.par_chunks(ROWS_PER_TASK)
-                    .zip(rstd.par_chunks(ROWS_PER_TASK)),
-            )
-            .map(|(((gx, x), g), (mean, rstd))| {
-                let mut gg = vec![0.0f32; w];
-                let mut gb = vec![0.0f32; w];
-                let mut xhat = vec![0.0f32; w];
-                for ((((gx, x), g), &m), &s) in gx
-                    .chunks_mut(w)
-                    .zip(x.chunks(w))
-                    .zip(g.chunks(w))
-                    .zip(mean)
-                    .zip(rstd)
-                {
-                    // dxhat = g gamma; dx = s (dxhat - mean(dxhat) - xhat mean(dxhat xhat))
-                    let mut sum_d = 0.0f32;
-                    let mut sum_dx = 0.0f32;
-                    for ((((xh, &x), &g), &ga), (ggi, gbi)) in xhat
-                        .iter_mut()
-                        .zip(x)
-                        .zip(g)
-                        .zip(gamma)
-                        .zip(gg.iter_mut().zip(gb.iter_mut()))
-                    {
-                        *xh = (x - m) * s;
-                        let d = g * ga;
-                        sum_d += d;
-                        sum_dx += d * *xh;
-                        *ggi += g * *xh;
-                        *gbi += g;
-                    }
-                    let (a, c) = (sum_d * inv_w, sum_dx * inv_w);
-                    for (((gx, &xh), &g), &ga) in gx.iter_mut().zip(&xhat).zip(g).zip(gamma) {
-                        *gx = s * (g * ga - a - xh * c);
-                    }
-                }
-                (gg, gb)
+        let mut sums = (Vec::new(), Vec::new());
+        // SAFETY: each row of `gx` is written in its row's last loop, and
+        // the tasks' chunks cover all rows; nothing reads it here.
+        #[allow(unsafe_code)]
+        let [gx] = unsafe {
+            written([self.rows * w], |[gx]| {
+                sums = gx
+                    .par_chunks_mut(w * ROWS_PER_TASK)
+                    .zip(x.par_chunks(w * ROWS_PER_TASK))
+                    .zip(g.par_chunks(w * ROWS_PER_TASK))
+                    .zip(
+                        mean.par_chunks(ROWS_PER_TASK)
+                            .zip(rstd.par_chunks(ROWS_PER_TASK)),
+                    )
+                    .map(|(((gx, x), g), (mean, rstd))| {
+                        let mut gg = vec![0.0f32; w];
+                        let mut gb = vec![0.0f32; w];
+                        let mut xhat = vec![0.0f32; w];
+                        for ((((gx, x), g), &m), &s) in gx
+                            .chunks_mut(w)
+                            .zip(x.chunks(w))
+                            .zip(g.chunks(w))
+                            .zip(mean)
+                            .zip(rstd)
+                        {
+                            // dxhat = g gamma; dx = s (dxhat - mean(dxhat) - xhat mean(dxhat xhat))
+                            let mut sum_d = 0.0f32;
+                            let mut sum_dx = 0.0f32;
+                            for ((((xh, &x), &g), &ga), (ggi, gbi)) in xhat
+                                .iter_mut()
+                                .zip(x)
+                                .zip(g)
+                                .zip(gamma)
+                                .zip(gg.iter_mut().zip(gb.iter_mut()))
+                            {
+                                *xh = (x - m) * s;
+                                let d = g * ga;
+                                sum_d += d;
+                                sum_dx += d * *xh;
+                                *ggi += g * *xh;
+                                *gbi += g;
+                            }
+                            let (a, c) = (sum_d * inv_w, sum_dx * inv_w);
+                            for (((gx, &xh), &g), &ga) in gx.iter_mut().zip(&xhat).zip(g).zip(gamma)
+                            {
+                                gx.write(s * (g * ga - a - xh * c));
+                            }
+                        }
+                        (gg, gb)
+                    })
+                    .reduce(
+                        || (vec![0.0f32; w], vec![0.0f32; w]),
+                        |(mut a, mut b), (c, d)| {
+                            a.iter_mut().zip(&c).for_each(|(s, v)| *s += v);
+                            b.iter_mut().zip(&d).for_each(|(s, v)| *s += v);
+                            (a, b)
+                        },
+                    );
             })
-            .reduce(
-                || (vec![0.0f32; w], vec![0.0f32; w]),
-                |(mut a, mut b), (c, d)| {
-                    a.iter_mut().zip(&c).for_each(|(s, v)| *s += v);
-                    b.iter_mut().zip(&d).for_each(|(s, v)| *s += v);
-                    (a, b)
-                },
-            );
+        };
+        let (gg, gb) = sums;
         [gx, gg, gb]
     }
 }

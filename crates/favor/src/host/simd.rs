@@ -8,6 +8,8 @@
 //! a kernel's body compiled again with AVX-512 (sixteen lanes) or with AVX2
 //! and FMA (eight lanes), whichever the CPU reports at run time.
 
+use std::mem::MaybeUninit;
+
 /// Accumulator lanes of the reductions.
 const LANES: usize = 8;
 
@@ -65,6 +67,80 @@ pub(crate) fn max(v: &[f32]) -> f32 {
     acc.iter().copied().fold(rest, f32::max)
 }
 
+/// An output element the products write: `f32`, or a not yet initialised
+/// one ([`MaybeUninit`]), which the kernels' outputs are before their first
+/// write (no zeroing pass).
+pub(crate) trait Store {
+    /// Sets the element to `v`.
+    fn store(&mut self, v: f32);
+}
+
+impl Store for f32 {
+    #[inline(always)]
+    fn store(&mut self, v: f32) {
+        *self = v;
+    }
+}
+
+impl Store for MaybeUninit<f32> {
+    #[inline(always)]
+    fn store(&mut self, v: f32) {
+        self.write(v);
+    }
+}
+
+/// [`gemm_nn`] into a not yet initialised `out`, which it then returns as
+/// written.
+///
+/// # Panics
+/// If `out` does not have `a.len() / k * n` elements (then some would stay
+/// unwritten).
+#[inline(always)]
+pub(crate) fn gemm_nn_init<'a>(
+    a: &[f32],
+    b: &[f32],
+    out: &'a mut [MaybeUninit<f32>],
+    k: usize,
+    n: usize,
+    fma: Fma,
+) -> &'a mut [f32] {
+    let covered = if n == 0 {
+        out.is_empty()
+    } else {
+        k == 0 || out.len() == a.len() / k * n
+    };
+    assert!(
+        covered,
+        "gemm_nn_init: an output of {} elements for {} x {} by {} x {}",
+        out.len(),
+        a.len() / k.max(1),
+        k,
+        k,
+        n
+    );
+    gemm_nn(a, b, out, k, n, fma);
+    // SAFETY: `gemm_nn` wrote every element: none where `n == 0` (`out`
+    // is empty then, checked above), all of them where `k == 0`, and
+    // otherwise each of the `a.len() / k` rows of `n` (the length checked
+    // above).
+    #[allow(unsafe_code)]
+    unsafe {
+        init_mut(out)
+    }
+}
+
+/// `s` as the `f32`s it holds.
+///
+/// # Safety
+/// Every element of `s` has been written.
+#[allow(unsafe_code)]
+#[inline(always)]
+pub(crate) unsafe fn init_mut(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and by the
+    // caller's contract every element is initialised.
+    unsafe { &mut *(s as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
 /// `out = a b`: `a [rows, k]`, `b [k, n]`, `out [rows, n]`, row-major.
 ///
 /// For the products of one `(sample, head)` slice, whose inner or outer
@@ -72,13 +148,16 @@ pub(crate) fn max(v: &[f32]) -> f32 {
 /// time are built in blocks of 16, 8, 4 and 1 columns held in registers across
 /// `k`, with no packing of the operands (matrixmultiply's packing took more time
 /// than its kernel on these shapes).
+///
+/// Every element of `out` is written (it need not hold values before:
+/// [`gemm_nn_init`]), when `out` has `a.len() / k * n` elements.
 #[inline(always)]
-pub(crate) fn gemm_nn(a: &[f32], b: &[f32], out: &mut [f32], k: usize, n: usize, fma: Fma) {
+pub(crate) fn gemm_nn<T: Store>(a: &[f32], b: &[f32], out: &mut [T], k: usize, n: usize, fma: Fma) {
     if n == 0 {
         return;
     }
     if k == 0 {
-        out.fill(0.0);
+        out.iter_mut().for_each(|o| o.store(0.0));
         return;
     }
     debug_assert_eq!(b.len(), k * n);
@@ -86,13 +165,13 @@ pub(crate) fn gemm_nn(a: &[f32], b: &[f32], out: &mut [f32], k: usize, n: usize,
     // rows (the loads, not the multiplies, bound one row at a time)
     let mut rows = a.chunks_exact(4 * k).zip(out.chunks_exact_mut(4 * n));
     for (a4, o4) in &mut rows {
-        rows_of::<4>(a4, b, o4, (k, n), fma);
+        rows_of::<4, T>(a4, b, o4, (k, n), fma);
     }
     let rest = a.len() / k % 4;
     let (a_done, out_done) = (a.len() - rest * k, out.len() - rest * n);
     let (a, out) = (&a[a_done..], &mut out[out_done..]);
     for (arow, orow) in a.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
-        rows_of::<1>(arow, b, orow, (k, n), fma);
+        rows_of::<1, T>(arow, b, orow, (k, n), fma);
     }
 }
 
@@ -101,34 +180,34 @@ pub(crate) fn gemm_nn(a: &[f32], b: &[f32], out: &mut [f32], k: usize, n: usize,
 /// four rows of 16 columns are four 512-bit sums, too few chains to keep
 /// both FMA units busy; 32 columns are eight).
 #[inline(always)]
-fn rows_of<const R: usize>(
+fn rows_of<const R: usize, T: Store>(
     a: &[f32],
     b: &[f32],
-    out: &mut [f32],
+    out: &mut [T],
     (k, n): (usize, usize),
     fma: Fma,
 ) {
     let mut col = 0;
     if fma.wide {
         while col + 32 <= n {
-            block::<R, 32>(a, b, out, (k, n, col), fma);
+            block::<R, 32, T>(a, b, out, (k, n, col), fma);
             col += 32;
         }
     }
     while col + 16 <= n {
-        block::<R, 16>(a, b, out, (k, n, col), fma);
+        block::<R, 16, T>(a, b, out, (k, n, col), fma);
         col += 16;
     }
     if col + 8 <= n {
-        block::<R, 8>(a, b, out, (k, n, col), fma);
+        block::<R, 8, T>(a, b, out, (k, n, col), fma);
         col += 8;
     }
     if col + 4 <= n {
-        block::<R, 4>(a, b, out, (k, n, col), fma);
+        block::<R, 4, T>(a, b, out, (k, n, col), fma);
         col += 4;
     }
     while col < n {
-        block::<R, 1>(a, b, out, (k, n, col), fma);
+        block::<R, 1, T>(a, b, out, (k, n, col), fma);
         col += 1;
     }
 }
@@ -137,10 +216,10 @@ fn rows_of<const R: usize>(
 /// (`a` holds their `R` rows of `k`, `out` their `R` rows of `n`), the
 /// `R x W` sums held in registers across `k`.
 #[inline(always)]
-fn block<const R: usize, const W: usize>(
+fn block<const R: usize, const W: usize, T: Store>(
     a: &[f32],
     b: &[f32],
-    out: &mut [f32],
+    out: &mut [T],
     (k, n, col): (usize, usize, usize),
     fma: Fma,
 ) {
@@ -155,7 +234,9 @@ fn block<const R: usize, const W: usize>(
         }
     }
     for (r, acc) in acc.iter().enumerate() {
-        out[r * n + col..r * n + col + W].copy_from_slice(acc);
+        for (o, &v) in out[r * n + col..r * n + col + W].iter_mut().zip(acc) {
+            o.store(v);
+        }
     }
 }
 
@@ -208,7 +289,7 @@ fn panel<const W: usize>(
 ) -> usize {
     let mut groups = a.chunks_exact(4 * k).zip(out.chunks_exact_mut(4 * n));
     for (a4, o4) in &mut groups {
-        block::<4, W>(a4, b, o4, (k, n, col), fma);
+        block::<4, W, f32>(a4, b, o4, (k, n, col), fma);
     }
     let rest = a.len() / k % 4;
     let (a_done, out_done) = (a.len() - rest * k, out.len() - rest * n);
@@ -216,7 +297,7 @@ fn panel<const W: usize>(
         .chunks_exact(k)
         .zip(out[out_done..].chunks_exact_mut(n))
     {
-        block::<1, W>(arow, b, orow, (k, n, col), fma);
+        block::<1, W, f32>(arow, b, orow, (k, n, col), fma);
     }
     W
 }
