@@ -967,29 +967,30 @@ fn fused_rotation_equals_the_plain_ops_values_and_gradients() {
 }
 
 /// The fused dropout against the product with its mask built on the host
-/// from the same seed (`dropout_chunk`): values and gradients bit-equal, on
-/// a length that is odd and not a multiple of the chunk; the inference
+/// from the same seed (`dropout_kept`): values and gradients bit-equal, on
+/// a length that is not a multiple of the kernel's chunks; the inference
 /// path equal too; a mask that keeps about `keep` of the elements.
 #[cfg(feature = "ndarray")]
 #[test]
 fn fused_dropout_equals_the_product_with_its_mask() {
-    use relative_performer::favor::host::{
-        DROPOUT_CHUNK, dropout, dropout_chunk, dropout_threshold,
-    };
+    use relative_performer::favor::host::{dropout, dropout_kept, dropout_threshold};
     type N = burn::backend::NdArray<f32>;
     type A = Autodiff<N>;
     let device = Default::default();
     let shape = [3, 1025, 37];
     let count: usize = shape.iter().product();
-    assert!(!count.is_multiple_of(2) && !count.is_multiple_of(DROPOUT_CHUNK));
+    assert!(!count.is_multiple_of(2) && !count.is_multiple_of(1 << 14));
     let (keep, seed) = (0.9, 0x1234_5678_9abc_def0_u64);
-    let mut mask = vec![0.0f32; count];
-    for (i, chunk) in mask.chunks_mut(DROPOUT_CHUNK).enumerate() {
-        let len = chunk.len();
-        dropout_chunk(seed, i, len, dropout_threshold(keep), |j, kept| {
-            chunk[j] = if kept { (1.0 / keep) as f32 } else { 0.0 };
-        });
-    }
+    let threshold = dropout_threshold(keep);
+    let mask: Vec<f32> = (0..count as u64)
+        .map(|i| {
+            if dropout_kept(seed, i, threshold) {
+                (1.0 / keep) as f32
+            } else {
+                0.0
+            }
+        })
+        .collect();
     let kept = mask.iter().filter(|&&m| m != 0.0).count() as f64 / count as f64;
     assert!((kept - keep).abs() < 0.005, "kept {kept}");
     <N as Backend>::seed(&device, 4);

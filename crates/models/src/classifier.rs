@@ -291,7 +291,7 @@ fn host_masks<B: Backend>(device: &B::Device) -> bool {
 /// xoshiro256++ generator whose seed is drawn from the backend's RNG (so
 /// `Backend::seed` still makes the masks reproducible), each element kept
 /// when a 32-bit draw falls below `(1 - prob) 2^32`
-/// ([`relperf_favor::host::dropout_chunk`]); burn-ndarray in `f32` applies
+/// ([`relperf_favor::host::dropout_kept`]); burn-ndarray in `f32` applies
 /// it in one fused op whose backward draws the mask again
 /// ([`relperf_favor::host::dropout`]), the other CPU backends multiply by
 /// it as a tensor. Elsewhere it is the backend's Bernoulli draw.
@@ -323,25 +323,24 @@ fn dropout<B: Backend, const D: usize>(dropout: &Dropout, x: Tensor<B, D>) -> Te
 }
 
 /// `count` values, each `1 / keep` with probability `keep` and `0`
-/// otherwise: the mask of `seed` ([`relperf_favor::host::dropout_chunk`]),
-/// filled in parallel chunk by chunk, for the CPU backends that do not take
-/// the fused [`relperf_favor::host::dropout`] (which equals `x` times this).
+/// otherwise: the mask of `seed` ([`relperf_favor::host::dropout_kept`]),
+/// filled in parallel, for the CPU backends that do not take the fused
+/// [`relperf_favor::host::dropout`] (which equals `x` times this).
 fn host_mask<E: burn::tensor::Element>(count: usize, keep: f64, seed: u64) -> Vec<E> {
     use rayon::prelude::*;
-    use relperf_favor::host::{DROPOUT_CHUNK, dropout_chunk, dropout_threshold};
+    use relperf_favor::host::{dropout_kept, dropout_threshold};
     let threshold = dropout_threshold(keep);
     let (on, off): (E, E) = ((1.0 / keep).elem(), 0.0.elem());
-    let mut mask = vec![off; count];
-    mask.par_chunks_mut(DROPOUT_CHUNK)
-        .enumerate()
-        .for_each(|(i, chunk)| {
-            dropout_chunk(seed, i, chunk.len(), threshold, |j, kept| {
-                if kept {
-                    chunk[j] = on;
-                }
-            });
-        });
-    mask
+    (0..count as u64)
+        .into_par_iter()
+        .map(|i| {
+            if dropout_kept(seed, i, threshold) {
+                on
+            } else {
+                off
+            }
+        })
+        .collect()
 }
 
 impl<B: Backend> Block<B> {
@@ -689,9 +688,8 @@ mod tests {
         let kept = a.iter().filter(|&&v| v != 0.0).count() as f64 / a.len() as f64;
         assert!((kept - 0.9).abs() < 0.004, "kept {kept}");
         assert!(a.iter().all(|&v| v == 0.0 || v == 1.0 / 0.9));
-        // each chunk has its own stream, and another seed another mask
-        let chunk = relperf_favor::host::DROPOUT_CHUNK;
-        assert_ne!(a[..chunk], a[chunk..2 * chunk]);
+        // the mask is no repeating pattern, and another seed another mask
+        assert_ne!(a[..1000], a[1000..2000]);
         <F64 as Backend>::seed(&device, 6);
         let c: Vec<f64> = dropout(&layer, x.clone()).into_data().to_vec().unwrap();
         assert_ne!(a, c);
