@@ -17,6 +17,7 @@
 //!   queries and keys by the position channels), row by row.
 
 use super::*;
+use std::mem::MaybeUninit;
 
 /// `[rows, input] x [input, output] + [output]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,60 +65,25 @@ impl DenseDims {
             (x.len(), w.len(), g.len()),
             (rows * input, input * output, rows * output)
         );
-        // gx = g W^T and gw = x^T g, both GEMMs with beta = 0, which do not
-        // read their output (matrixmultiply's contract; `k = 0` is a GEMM
-        // of zeros, written as such)
-        // SAFETY: each output is written by its GEMM (or filled) before
-        // anything reads it; the strides address `x [rows, input]`, `W
-        // [input, output]`, `g [rows, output]` within their lengths,
-        // checked above, and the outputs row-major.
+        // gx = g W^T, gw = x^T g
+        // SAFETY: `gemm_into` writes every element of its output.
         #[allow(unsafe_code)]
         let [gx, gw] = unsafe {
             written([rows * input, input * output], |[gx, gw]| {
-                if output == 0 {
-                    gx.iter_mut().for_each(|v| {
-                        v.write(0.0);
-                    });
-                } else if rows * input > 0 {
-                    matrixmultiply::sgemm(
-                        rows,
-                        output,
-                        input,
-                        1.0,
-                        g.as_ptr(),
-                        output as isize,
-                        1,
-                        w.as_ptr(),
-                        1,
-                        output as isize,
-                        0.0,
-                        gx.as_mut_ptr().cast::<f32>(),
-                        input as isize,
-                        1,
-                    );
-                }
-                if rows == 0 {
-                    gw.iter_mut().for_each(|v| {
-                        v.write(0.0);
-                    });
-                } else if input * output > 0 {
-                    matrixmultiply::sgemm(
-                        input,
-                        rows,
-                        output,
-                        1.0,
-                        x.as_ptr(),
-                        1,
-                        input as isize,
-                        g.as_ptr(),
-                        output as isize,
-                        1,
-                        0.0,
-                        gw.as_mut_ptr().cast::<f32>(),
-                        output as isize,
-                        1,
-                    );
-                }
+                let row_major = |cols: usize| [cols as isize, 1];
+                let col_major = |rows: usize| [1, rows as isize];
+                gemm_into(
+                    gx,
+                    (rows, output, input),
+                    (g, row_major(output)),
+                    (w, col_major(output)),
+                );
+                gemm_into(
+                    gw,
+                    (input, rows, output),
+                    (x, col_major(input)),
+                    (g, row_major(output)),
+                );
             })
         };
         let gb = if output == 0 {
@@ -140,6 +106,59 @@ impl DenseDims {
                 )
         };
         [gx, gw, gb]
+    }
+}
+
+/// `out = a b` for `a [m, k]` and `b [k, n]` addressed by their `[row,
+/// column]` strides, `out [m, n]` row-major, every element of `out` written:
+/// a GEMM with beta = 0 (matrixmultiply does not read its output then),
+/// zeros where `k == 0`.
+///
+/// # Panics
+/// If `out` is not `m x n` or a stride reaches past its operand.
+fn gemm_into(
+    out: &mut [MaybeUninit<f32>],
+    (m, k, n): (usize, usize, usize),
+    (a, [rsa, csa]): (&[f32], [isize; 2]),
+    (b, [rsb, csb]): (&[f32], [isize; 2]),
+) {
+    assert_eq!(out.len(), m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        out.iter_mut().for_each(|v| {
+            v.write(0.0);
+        });
+        return;
+    }
+    // the last element each operand's strides reach
+    let last = |rows: usize, cols: usize, rs: isize, cs: isize| {
+        (rows - 1) * rs as usize + (cols - 1) * cs as usize
+    };
+    assert!(rsa > 0 && csa > 0 && rsb > 0 && csb > 0);
+    assert!(last(m, k, rsa, csa) < a.len() && last(k, n, rsb, csb) < b.len());
+    // SAFETY: the strides stay within `a` and `b` (checked above), `out`
+    // holds `m x n` elements written row-major, and with beta = 0
+    // matrixmultiply writes every element of it without reading it.
+    #[allow(unsafe_code)]
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            rsa,
+            csa,
+            b.as_ptr(),
+            rsb,
+            csb,
+            0.0,
+            out.as_mut_ptr().cast::<f32>(),
+            n as isize,
+            1,
+        );
     }
 }
 
