@@ -10,12 +10,15 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::Element;
 use burn::tensor::backend::AutodiffBackend;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use relative_performer::backend::{BackendKind, BackendTask, run_on};
 use relative_performer::favor::draw_projection;
 use relative_performer::favor::features::{
     softmax_features_up_to_scale, softmax_features_up_to_scale_reference,
 };
 use relative_performer::favor::host::is_fused;
+use std::cell::RefCell;
 
 /// The f64 reference of the gradients.
 type F64 = burn::backend::NdArray<f64>;
@@ -45,6 +48,44 @@ fn features_and_grad<A: AutodiffBackend, B: Backend>(
     let g = xa.grad(&grads).expect("x takes a gradient");
     assert_eq!(g.dtype(), dtype);
     (as_f64(f.inner()), as_f64(g))
+}
+
+thread_local! {
+    /// This test thread's draws ([`seed_draws`], [`random`]).
+    static DRAWS: RefCell<ChaCha8Rng> = RefCell::new(ChaCha8Rng::seed_from_u64(0));
+}
+
+/// Seeds the draws of [`random`] on this thread. (Burn's `Backend::seed`
+/// seeds one generator for the whole process, which the tests running at the
+/// same time on other threads draw from too: their inputs then depended on
+/// the order the threads ran in.)
+fn seed_draws(seed: u64) {
+    DRAWS.with(|rng| *rng.borrow_mut() = ChaCha8Rng::seed_from_u64(seed));
+}
+
+/// A tensor of normal draws (Box-Muller) made on this thread after
+/// [`seed_draws`].
+fn random<B: Backend, const D: usize>(
+    shape: [usize; D],
+    distribution: Distribution,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    let Distribution::Normal(mean, std) = distribution else {
+        panic!("the tests draw normal values only, not {distribution:?}");
+    };
+    let count = shape.iter().product::<usize>();
+    let values: Vec<f32> = DRAWS.with(|rng| {
+        let mut rng = rng.borrow_mut();
+        (0..count)
+            .map(|_| {
+                let u: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
+                let v: f64 = rng.random();
+                let z = (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos();
+                (mean + std * z) as f32
+            })
+            .collect()
+    });
+    Tensor::from_data(TensorData::new(values, shape), device)
 }
 
 /// Largest `|a - b|` over the largest `|b|`.
@@ -77,13 +118,13 @@ impl BackendTask for FeaturesCheck {
         ] {
             let [_, _, _, d] = shape;
             for is_query in [true, false] {
-                B::seed(&device, 11);
-                let x = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, scale), &device);
+                seed_draws(11);
+                let x = random::<B, 4>(shape, Distribution::Normal(0.0, scale), &device);
                 let w = Tensor::<B, 2>::from_data(
                     TensorData::new(draw_projection(m, d, 5, 0), [m, d]),
                     &device,
                 );
-                let weights = Tensor::<B, 4>::random(
+                let weights = random::<B, 4>(
                     [shape[0], shape[1], shape[2], m],
                     Distribution::Normal(0.0, 1.0),
                     &device,
@@ -191,16 +232,15 @@ impl BackendTask for LinearCheck {
     fn run<B: Backend>(self, device: B::Device) -> Vec<String> {
         let mut report = Vec::new();
         for (b, h, n, m, e) in [(2, 3, 37, 16, 8), (1, 4, 1025, 110, 32)] {
-            B::seed(&device, 3);
+            seed_draws(3);
             // positive features spanning orders of magnitude, as exp gives
-            let features = || {
-                Tensor::<B, 4>::random([b, h, n, m], Distribution::Normal(0.0, 2.0), &device).exp()
-            };
+            let features =
+                || random::<B, 4>([b, h, n, m], Distribution::Normal(0.0, 2.0), &device).exp();
             let inputs = [
                 features(),
                 features(),
-                Tensor::random([b, h, n, e], Distribution::Normal(0.0, 1.0), &device),
-                Tensor::random([b, h, n, e], Distribution::Normal(0.0, 1.0), &device),
+                random([b, h, n, e], Distribution::Normal(0.0, 1.0), &device),
+                random([b, h, n, e], Distribution::Normal(0.0, 1.0), &device),
             ];
             let fused = linear_and_grads::<Autodiff<B>, B>(&inputs, true);
             let plain = linear_and_grads::<Autodiff<B>, B>(&inputs, false);
@@ -251,10 +291,10 @@ impl BackendTask for GeluCheck {
         // draws (more than one task's chunk)
         let grid: Vec<f32> = (-6144..=6144).map(|i| i as f32 / 512.0).collect();
         let grid = Tensor::<B, 1>::from_data(TensorData::new(grid.clone(), [grid.len()]), &device);
-        B::seed(&device, 9);
-        let draws = Tensor::<B, 1>::random([65_541], Distribution::Normal(0.0, 3.0), &device);
+        seed_draws(9);
+        let draws = random::<B, 1>([65_541], Distribution::Normal(0.0, 3.0), &device);
         let x = Tensor::cat(vec![grid, draws], 0);
-        let weights = Tensor::<B, 1>::random(x.dims(), Distribution::Normal(0.0, 1.0), &device);
+        let weights = random::<B, 1>(x.dims(), Distribution::Normal(0.0, 1.0), &device);
         // fused on Autodiff<B>
         let xa = on::<Autodiff<B>, B, 1>(&x).require_grad();
         let y = host::gelu(xa.clone()).expect("the fused path");
@@ -323,10 +363,10 @@ impl BackendTask for RingCheck {
             (2, 2, 32, 32, 33, 8),
         ] {
             let n = height * width;
-            B::seed(&device, 21);
-            let v = Tensor::<B, 4>::random([b, h, n, e], Distribution::Normal(0.0, 1.0), &device);
+            seed_draws(21);
+            let v = random::<B, 4>([b, h, n, e], Distribution::Normal(0.0, 1.0), &device);
             let weights: Vec<Tensor<B, 4>> = (0..rings)
-                .map(|_| Tensor::random([b, h, n, e], Distribution::Normal(0.0, 1.0), &device))
+                .map(|_| random([b, h, n, e], Distribution::Normal(0.0, 1.0), &device))
                 .collect();
             // the rings and d/dv sum_c sum(ring_c * weights_c), in f64
             fn run<A: AutodiffBackend, B: Backend>(
@@ -419,10 +459,9 @@ impl BackendTask for WindowCheck {
             (2, 2, 28, 28, 9, 8),
         ] {
             let n = 1 + height * width;
-            B::seed(&device, 23);
-            let normal = |shape: [usize; 4]| {
-                Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device)
-            };
+            seed_draws(23);
+            let normal =
+                |shape: [usize; 4]| random::<B, 4>(shape, Distribution::Normal(0.0, 1.0), &device);
             let (v, s, weights) = (
                 normal([b, h, n, e]),
                 normal([b, h, n, c + 1]),
@@ -509,12 +548,12 @@ impl BackendTask for DenseCheck {
     fn run<B: Backend>(self, device: B::Device) -> Vec<String> {
         let mut report = Vec::new();
         for (b, n, input, output) in [(2, 37, 24, 40), (3, 1025, 32, 96), (1, 5, 128, 10)] {
-            B::seed(&device, 5);
+            seed_draws(5);
             let normal = Distribution::Normal(0.0, 1.0);
-            let x = Tensor::<B, 3>::random([b, n, input], normal, &device);
-            let w = Tensor::<B, 2>::random([input, output], normal, &device);
-            let bias = Tensor::<B, 1>::random([output], normal, &device);
-            let weights = Tensor::<B, 3>::random([b, n, output], normal, &device);
+            let x = random::<B, 3>([b, n, input], normal, &device);
+            let w = random::<B, 2>([input, output], normal, &device);
+            let bias = random::<B, 1>([output], normal, &device);
+            let weights = random::<B, 3>([b, n, output], normal, &device);
             let fused = dense_and_grads::<Autodiff<B>, B>(&x, &w, &bias, &weights, true);
             let plain = dense_and_grads::<Autodiff<B>, B>(&x, &w, &bias, &weights, false);
             let exact = dense_and_grads::<Autodiff<F64>, B>(&x, &w, &bias, &weights, false);
@@ -553,13 +592,13 @@ impl BackendTask for PermuteCheck {
     fn run<B: Backend>(self, device: B::Device) {
         use relative_performer::favor::host::permute_contiguous;
         type A<B> = Autodiff<B>;
-        B::seed(&device, 9);
+        seed_draws(9);
         let normal = Distribution::Normal(0.0, 1.0);
         // the heads' split and merge of the models, and a rank-3 case
-        let x5 = Tensor::<B, 5>::random([2, 37, 3, 4, 8], normal, &device);
-        let w5 = Tensor::<B, 5>::random([3, 2, 4, 37, 8], normal, &device);
-        let x4 = Tensor::<B, 4>::random([2, 4, 37, 8], normal, &device);
-        let w4 = Tensor::<B, 4>::random([2, 37, 4, 8], normal, &device);
+        let x5 = random::<B, 5>([2, 37, 3, 4, 8], normal, &device);
+        let w5 = random::<B, 5>([3, 2, 4, 37, 8], normal, &device);
+        let x4 = random::<B, 4>([2, 4, 37, 8], normal, &device);
+        let w4 = random::<B, 4>([2, 37, 4, 8], normal, &device);
         fn check<B: Backend, const D: usize>(
             x: &Tensor<B, D>,
             weights: &Tensor<B, D>,
@@ -589,8 +628,8 @@ impl BackendTask for PermuteCheck {
         }
         check(&x5, &w5, [2, 0, 3, 1, 4]);
         check(&x4, &w4, [0, 2, 1, 3]);
-        let x3 = Tensor::<B, 3>::random([5, 6, 7], normal, &device);
-        let w3 = Tensor::<B, 3>::random([6, 5, 7], normal, &device);
+        let x3 = random::<B, 3>([5, 6, 7], normal, &device);
+        let w3 = random::<B, 3>([6, 5, 7], normal, &device);
         check(&x3, &w3, [1, 0, 2]);
         // a permutation that moves the last axis is not taken
         assert!(permute_contiguous(x3.clone(), [2, 1, 0]).is_err());
@@ -656,12 +695,11 @@ impl BackendTask for PeriodicCheck {
         // (b, h, height, width, harmonics, m, e): a small non-square image,
         // and the models' 32 x 32 with the head dim's features
         for (b, h, hh, ww, harmonics, m, e) in [(2, 3, 5, 4, 2, 8, 9), (1, 2, 32, 32, 4, 32, 33)] {
-            B::seed(&device, 11);
+            seed_draws(11);
             let n = 1 + hh * ww;
             let normal = Distribution::Normal(0.0, 1.0);
-            let features = || {
-                Tensor::<B, 4>::random([b, h, n, m], Distribution::Normal(0.0, 1.0), &device).exp()
-            };
+            let features =
+                || random::<B, 4>([b, h, n, m], Distribution::Normal(0.0, 1.0), &device).exp();
             let psi_y = axis_basis::<B>(hh, harmonics, &device);
             let psi_x = axis_basis::<B>(ww, harmonics, &device);
             let p = psi_y.dims()[1];
@@ -669,11 +707,11 @@ impl BackendTask for PeriodicCheck {
             let case = PeriodicCase {
                 qf: features(),
                 kf: features(),
-                v1: Tensor::random([b, h, n, e], normal, &device),
-                u: Tensor::random([h, n, 2, p], normal, &device),
+                v1: random([b, h, n, e], normal, &device),
+                u: random([h, n, 2, p], normal, &device),
                 psi_y,
                 psi_x,
-                weights: Tensor::random([b, h, n, e], normal, &device),
+                weights: random([b, h, n, e], normal, &device),
             };
             let fused = periodic_and_grads::<Autodiff<B>, B>(&case, true);
             let plain = periodic_and_grads::<Autodiff<B>, B>(&case, false);
@@ -716,7 +754,7 @@ impl BackendTask for ConcatCheck {
     fn run<B: Backend>(self, device: B::Device) -> Vec<String> {
         use relative_performer::favor::host::concat_last;
         type A<B> = Autodiff<B>;
-        B::seed(&device, 13);
+        seed_draws(13);
         let normal = Distribution::Normal(0.0, 1.0);
         let mut report = Vec::new();
         // strategy 1's queries ([1, h, n, e] extras) and keys ([1, 1, n, e]),
@@ -729,11 +767,11 @@ impl BackendTask for ConcatCheck {
             ([3, 2, 5, 0], [3, 1, 5, 4]),
             ([2, 3, 37, 9], [1, 1, 1, 1]),
         ] {
-            let a = Tensor::<B, 4>::random(a_shape, normal, &device);
-            let b = Tensor::<B, 4>::random(b_shape, normal, &device);
+            let a = random::<B, 4>(a_shape, normal, &device);
+            let b = random::<B, 4>(b_shape, normal, &device);
             let [d0, d1, d2, da] = a_shape;
             let db = b_shape[3];
-            let weights = Tensor::<B, 4>::random([d0, d1, d2, da + db], normal, &device);
+            let weights = random::<B, 4>([d0, d1, d2, da + db], normal, &device);
             let run = |fused: bool| {
                 let aa = on::<A<B>, B, 4>(&a).require_grad();
                 let ba = on::<A<B>, B, 4>(&b).require_grad();
@@ -768,7 +806,7 @@ impl BackendTask for ConcatCheck {
             ));
         }
         // `with_ones` takes this path and equals the plain concatenation
-        let v = Tensor::<B, 4>::random([2, 3, 37, 9], normal, &device);
+        let v = random::<B, 4>([2, 3, 37, 9], normal, &device);
         let plain = Tensor::cat(vec![v.clone(), Tensor::ones([2, 3, 37, 1], &device)], 3);
         let v1 = relative_performer::favor::attention::with_ones(v);
         assert_eq!(as_f64(v1).to_data(), as_f64(plain).to_data());
@@ -830,13 +868,11 @@ impl BackendTask for NormCheck {
         // a row count that is not a multiple of the task size; rows far
         // from zero mean and unit scale
         for (b, n, width, offset) in [(2, 37, 24, 0.0), (3, 1025, 32, 3.0), (1, 700, 128, -2.0)] {
-            B::seed(&device, 17);
-            let x =
-                Tensor::<B, 3>::random([b, n, width], Distribution::Normal(offset, 2.5), &device);
-            let gamma = Tensor::<B, 1>::random([width], Distribution::Normal(1.0, 0.5), &device);
-            let beta = Tensor::<B, 1>::random([width], Distribution::Normal(0.0, 1.0), &device);
-            let weights =
-                Tensor::<B, 3>::random([b, n, width], Distribution::Normal(0.0, 1.0), &device);
+            seed_draws(17);
+            let x = random::<B, 3>([b, n, width], Distribution::Normal(offset, 2.5), &device);
+            let gamma = random::<B, 1>([width], Distribution::Normal(1.0, 0.5), &device);
+            let beta = random::<B, 1>([width], Distribution::Normal(0.0, 1.0), &device);
+            let weights = random::<B, 3>([b, n, width], Distribution::Normal(0.0, 1.0), &device);
             let fused = norm_and_grads::<Autodiff<B>, B>(&x, &gamma, &beta, &weights, true);
             let plain = norm_and_grads::<Autodiff<B>, B>(&x, &gamma, &beta, &weights, false);
             let exact = norm_and_grads::<Autodiff<F64>, B>(&x, &gamma, &beta, &weights, false);
@@ -875,9 +911,9 @@ fn fused_layer_norm_equals_burns_module() {
     use burn::nn::LayerNormConfig;
     type B = burn::backend::NdArray<f32>;
     let device = Default::default();
-    B::seed(&device, 3);
+    seed_draws(3);
     let module = LayerNormConfig::new(16).init::<B>(&device);
-    let x = Tensor::<B, 3>::random([2, 9, 16], Distribution::Normal(1.0, 3.0), &device);
+    let x = random::<B, 3>([2, 9, 16], Distribution::Normal(1.0, 3.0), &device);
     let want = module.forward(x.clone());
     let got = relative_performer::favor::host::layer_norm(
         x,
@@ -898,16 +934,16 @@ impl BackendTask for RotateCheck {
         use relative_performer::favor::host::rotate_pairs;
         use relative_performer::positional::constrained::rotate;
         type A<B> = Autodiff<B>;
-        B::seed(&device, 17);
+        seed_draws(17);
         let normal = Distribution::Normal(0.0, 1.0);
         let mut report = Vec::new();
         // (heads, tokens, axes x scales): a small case, and more tokens
         // than one task's rows (the parameters' sums cross tasks)
         for (h, n, p) in [(2, 5, 3), (4, 1025, 8)] {
-            let f = Tensor::<B, 3>::random([n, p, 2], normal, &device);
-            let alpha = Tensor::<B, 2>::random([h, p], normal, &device);
-            let beta = Tensor::<B, 2>::random([h, p], normal, &device);
-            let weights = Tensor::<B, 4>::random([h, n, p, 2], normal, &device);
+            let f = random::<B, 3>([n, p, 2], normal, &device);
+            let alpha = random::<B, 2>([h, p], normal, &device);
+            let beta = random::<B, 2>([h, p], normal, &device);
+            let weights = random::<B, 4>([h, n, p, 2], normal, &device);
             let run = |fused: bool| {
                 let fa = on::<A<B>, B, 3>(&f).require_grad();
                 let aa = on::<A<B>, B, 2>(&alpha).require_grad();
@@ -993,9 +1029,9 @@ fn fused_dropout_equals_the_product_with_its_mask() {
         .collect();
     let kept = mask.iter().filter(|&&m| m != 0.0).count() as f64 / count as f64;
     assert!((kept - keep).abs() < 0.005, "kept {kept}");
-    <N as Backend>::seed(&device, 4);
-    let x = Tensor::<N, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-    let w = Tensor::<N, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    seed_draws(4);
+    let x = random::<N, 3>(shape, Distribution::Normal(0.0, 1.0), &device);
+    let w = random::<N, 3>(shape, Distribution::Normal(0.0, 1.0), &device);
     let mask = Tensor::<N, 3>::from_data(TensorData::new(mask, shape), &device);
     let run = |fused: bool| {
         let xa = Tensor::<A, 3>::from_inner(x.clone()).require_grad();
