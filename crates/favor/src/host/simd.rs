@@ -161,17 +161,56 @@ pub(crate) fn gemm_nn<T: Store>(a: &[f32], b: &[f32], out: &mut [T], k: usize, n
         return;
     }
     debug_assert_eq!(b.len(), k * n);
+    let tail = Tail::of_rows(b, k, n, fma);
     // four rows at a time: each row of `b` loaded once serves four output
     // rows (the loads, not the multiplies, bound one row at a time)
     let mut rows = a.chunks_exact(4 * k).zip(out.chunks_exact_mut(4 * n));
     for (a4, o4) in &mut rows {
-        rows_of::<4, T>(a4, b, o4, (k, n), fma);
+        rows_of::<4, T>(a4, b, o4, (k, n), &tail, fma);
     }
     let rest = a.len() / k % 4;
     let (a_done, out_done) = (a.len() - rest * k, out.len() - rest * n);
     let (a, out) = (&a[a_done..], &mut out[out_done..]);
     for (arow, orow) in a.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
-        rows_of::<1, T>(arow, b, orow, (k, n), fma);
+        rows_of::<1, T>(arow, b, orow, (k, n), &tail, fma);
+    }
+}
+
+/// Columns past the last full block of 16 (or 32) that one more block of
+/// 16 computes from a copy of them padded with zeros: a `k x 16` copy per
+/// product. Block by block at widths 8, 4 and 1 instead, the 14 columns
+/// left of 110 features (the seed's heads) cost as much as 64 in full
+/// blocks: the one-column blocks run one scalar multiply-add per row and
+/// step of `k`, and a 16-column block runs one vector one.
+struct Tail {
+    /// The first column of the tail.
+    col: usize,
+    /// `k x 16`: the tail's columns, then zeros; empty for no tail.
+    padded: Vec<f32>,
+}
+
+/// The width of [`Tail`]'s padded block.
+const TAIL: usize = 16;
+
+impl Tail {
+    /// The tail of `b [k, n]` (row-major), on the vector paths; none on the
+    /// baseline path (16 columns are four SSE vectors there), where the
+    /// blocks of 8, 4 and 1 take the columns left.
+    #[inline(always)]
+    fn of_rows(b: &[f32], k: usize, n: usize, fma: Fma) -> Tail {
+        let full = if fma.wide { n / 32 * 32 } else { n / 16 * 16 };
+        let col = if n - full >= TAIL { full + TAIL } else { full };
+        if !fma.fused || col == n {
+            return Tail {
+                col: n,
+                padded: Vec::new(),
+            };
+        }
+        let mut padded = vec![0.0f32; k * TAIL];
+        for (dst, row) in padded.chunks_exact_mut(TAIL).zip(b.chunks_exact(n)) {
+            dst[..n - col].copy_from_slice(&row[col..]);
+        }
+        Tail { col, padded }
     }
 }
 
@@ -185,6 +224,7 @@ fn rows_of<const R: usize, T: Store>(
     b: &[f32],
     out: &mut [T],
     (k, n): (usize, usize),
+    tail: &Tail,
     fma: Fma,
 ) {
     let mut col = 0;
@@ -197,6 +237,16 @@ fn rows_of<const R: usize, T: Store>(
     while col + 16 <= n {
         block::<R, 16, T>(a, b, out, (k, n, col), fma);
         col += 16;
+    }
+    if col == tail.col && col < n {
+        // the padded tail: all 16 columns summed, the real ones stored
+        let acc = sums::<R, TAIL>(a, &tail.padded, (k, TAIL, 0), fma);
+        for (r, acc) in acc.iter().enumerate() {
+            for (o, &v) in out[r * n + col..(r + 1) * n].iter_mut().zip(acc) {
+                o.store(v);
+            }
+        }
+        return;
     }
     if col + 8 <= n {
         block::<R, 8, T>(a, b, out, (k, n, col), fma);
@@ -223,6 +273,22 @@ fn block<const R: usize, const W: usize, T: Store>(
     (k, n, col): (usize, usize, usize),
     fma: Fma,
 ) {
+    let acc = sums::<R, W>(a, b, (k, n, col), fma);
+    for (r, acc) in acc.iter().enumerate() {
+        for (o, &v) in out[r * n + col..r * n + col + W].iter_mut().zip(acc) {
+            o.store(v);
+        }
+    }
+}
+
+/// The `R x W` sums of [`block`], held in registers across `k`.
+#[inline(always)]
+fn sums<const R: usize, const W: usize>(
+    a: &[f32],
+    b: &[f32],
+    (k, n, col): (usize, usize, usize),
+    fma: Fma,
+) -> [[f32; W]; R] {
     let mut acc = [[0.0f32; W]; R];
     for (i, brow) in b.chunks_exact(n).enumerate() {
         let brow: &[f32; W] = brow[col..col + W].try_into().expect("W columns");
@@ -233,11 +299,7 @@ fn block<const R: usize, const W: usize, T: Store>(
             }
         }
     }
-    for (r, acc) in acc.iter().enumerate() {
-        for (o, &v) in out[r * n + col..r * n + col + W].iter_mut().zip(acc) {
-            o.store(v);
-        }
-    }
+    acc
 }
 
 /// `out = a^T b`: `a [rows, m]`, `b [rows, e]`, `out [m, e]`, row-major.
@@ -260,8 +322,18 @@ pub(crate) fn gemm_tn(a: &[f32], b: &[f32], out: &mut [f32], m: usize, e: usize,
     }
     let bt = transpose(b, rows, e); // [e, rows]: the product's left operand
     let mut ct = vec![0.0f32; e * m]; // [e, m]
+    let tail = Tail::of_rows(a, rows, m, fma);
     let mut col = 0;
     while col < m {
+        if col == tail.col {
+            // the padded tail's 16 columns, the real ones copied into `ct`
+            let mut part = vec![0.0f32; e * TAIL];
+            panel::<TAIL>(&bt, &tail.padded, &mut part, (rows, TAIL, 0), fma);
+            for (dst, src) in ct.chunks_exact_mut(m).zip(part.chunks_exact(TAIL)) {
+                dst[col..].copy_from_slice(&src[..m - col]);
+            }
+            break;
+        }
         col += match m - col {
             32.. if fma.wide => panel::<32>(&bt, a, &mut ct, (rows, m, col), fma),
             16.. => panel::<16>(&bt, a, &mut ct, (rows, m, col), fma),
