@@ -178,6 +178,90 @@ fn fused_features_equal_the_plain_ops_outputs_and_gradients() {
     }
 }
 
+struct FavorCheck;
+
+impl BackendTask for FavorCheck {
+    type Output = Vec<String>;
+    fn run<B: Backend>(self, device: B::Device) -> Vec<String> {
+        use relative_performer::favor::FeatureMapConfig;
+        use relative_performer::favor::attention::{linear_attention, linear_attention_reference};
+        use relative_performer::favor::host::favor_attention;
+        let mut report = Vec::new();
+        // the seed's heads (110 features, 1025 tokens: 8 tiles and one
+        // row), a short slice, strategy 1's widened heads with odd widths
+        for (shape, m, e) in [
+            ([2, 2, 1025, 32], 110, 32),
+            ([2, 3, 37, 8], 16, 8),
+            ([1, 3, 257, 36], 129, 33),
+        ] {
+            seed_draws(29);
+            let [b, h, n, d] = shape;
+            let q = random::<B, 4>(shape, Distribution::Normal(0.0, 1.5), &device);
+            let k = random::<B, 4>(shape, Distribution::Normal(0.0, 1.5), &device);
+            let v = random::<B, 4>([b, h, n, e], Distribution::Normal(0.0, 1.0), &device);
+            let map = FeatureMapConfig::new(d)
+                .with_nb_features(Some(m))
+                .init::<B>(7, &device);
+            let fused = favor_attention(q.clone(), k.clone(), v.clone(), map.projection())
+                .unwrap_or_else(|_| panic!("inference on {} is fused", B::name(&device)));
+            let steps = linear_attention(
+                map.features(q.clone(), true),
+                map.features(k.clone(), false),
+                v.clone(),
+            );
+            assert_eq!(fused.to_data(), steps.to_data(), "{shape:?} m {m} e {e}");
+            assert_eq!(
+                map.attend(q.clone(), k.clone(), v.clone()).to_data(),
+                fused.to_data()
+            );
+            // against the plain ops in f64
+            let w = on::<F64, B, 2>(&map.projection());
+            let (q64, k64, v64) = (
+                on::<F64, B, 4>(&q),
+                on::<F64, B, 4>(&k),
+                on::<F64, B, 4>(&v),
+            );
+            let exact = linear_attention_reference(
+                softmax_features_up_to_scale_reference(q64, w.clone(), true),
+                softmax_features_up_to_scale_reference(k64, w, false),
+                v64,
+            );
+            let err = rel_err(as_f64(fused), exact);
+            assert!(err <= 1e-5, "{shape:?} m {m} e {e}: {err:.1e}");
+            report.push(format!(
+                "{} fused FAVOR+ attention {shape:?} m {m} e {e}: bit-equal to features then linear attention, {err:.1e} from f64",
+                B::name(&device)
+            ));
+        }
+        // a gradient to take, another kernel, mismatched shapes: declined
+        let q = random::<B, 4>([1, 2, 9, 8], Distribution::Normal(0.0, 1.0), &device);
+        let map = FeatureMapConfig::new(8).init::<B>(7, &device);
+        let tracked = on::<Autodiff<B>, B, 4>(&q).require_grad();
+        let w = on::<Autodiff<B>, B, 2>(&map.projection());
+        assert!(favor_attention(tracked.clone(), tracked.clone(), tracked, w).is_err());
+        let v = random::<B, 4>([1, 2, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+        assert!(favor_attention(q.clone(), q.clone(), v, map.projection()).is_err());
+        assert!(
+            favor_attention(
+                q.clone(),
+                q.clone(),
+                q.clone(),
+                map.projection().narrow(1, 0, 4)
+            )
+            .is_err()
+        );
+        report
+    }
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn fused_favor_attention_equals_its_two_steps() {
+    for line in run_on(BackendKind::Ndarray, FavorCheck).expect("ndarray is compiled in") {
+        println!("{line}");
+    }
+}
+
 /// The other backends and precisions run the plain ops.
 #[test]
 fn only_ndarray_in_f32_takes_the_fused_path() {

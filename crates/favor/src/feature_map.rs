@@ -205,7 +205,18 @@ impl<B: Backend> FeatureMap<B> {
 
     /// FAVOR+ attention: `q [b, h, n, d]`, `k [b, h, j, d]`, `v [b, h, j, e]`
     /// -> `[b, h, n, e]`, linear in `n` and `j`.
+    ///
+    /// On the fused CPU path in inference (nothing takes a gradient), with
+    /// the softmax kernel, one pass that keeps the features in cache
+    /// (bit-equal to the two steps).
     pub fn attend(&self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+        let (q, k, v) = match self.kernel {
+            Kernel::Softmax => match crate::host::favor_attention(q, k, v, self.projection()) {
+                Ok(out) => return out,
+                Err((q, k, v, _)) => (q, k, v),
+            },
+            _ => (q, k, v),
+        };
         linear_attention(self.features(q, true), self.features(k, false), v)
     }
 }

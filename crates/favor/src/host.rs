@@ -7,6 +7,8 @@
 //!   vectorises;
 //! * normalised linear attention ([`crate::attention::linear_attention`]):
 //!   both products and the normaliser of a slice in one task;
+//! * in inference, both feature maps and linear attention in one pass per
+//!   slice ([`favor_attention`]), the features never written out;
 //! * GELU ([`gelu`]), for the models' feed-forward layers, and dropout
 //!   ([`dropout`]): the mask drawn where it is applied and drawn again in
 //!   the backward from its seed, never stored;
@@ -231,9 +233,17 @@ impl Kernel {
     /// its row-wise steps while its rows are in cache (the keys' `exp` waits
     /// for the slice's maximum: one more pass).
     #[inline(always)]
+    ///
+    /// Queries may come as any whole rows of a slice (each row's features
+    /// are its own); keys come as a whole slice (one stabiliser for all).
     fn forward_slice(&self, xs: &[f32], f: &mut [MaybeUninit<f32>], fma: Fma) {
         let Dims { n, d, m, .. } = self.dims;
-        assert_eq!((xs.len(), f.len()), (n * d, n * m));
+        let rows = if self.is_query {
+            xs.len() / d.max(1)
+        } else {
+            n
+        };
+        assert_eq!((xs.len(), f.len()), (rows * d, rows * m));
         let mut max = f32::NEG_INFINITY;
         for (xt, ft) in xs.chunks(TILE * d).zip(f.chunks_mut(TILE * m)) {
             let ft = simd::gemm_nn_init(xt, &self.wt, ft, d, m, fma);
@@ -1193,6 +1203,110 @@ pub(crate) fn linear_attention<B: Backend>(
     #[cfg(feature = "ndarray")]
     on!(burn_ndarray::NdArray<f32>);
     Err((q, k, v))
+}
+
+/// FAVOR+ softmax-kernel attention of `[slices, n, d]` queries and keys
+/// and `[slices, n, e]` values, slice by slice, without the features in
+/// memory: a slice's key features (`n x m`, 451 KB at 32x32 pixels and the
+/// seed's 110 features) are made, summed into `C` and `s` and dropped while
+/// they are in cache, and each tile of query features meets `C` as soon as
+/// it is made. The separate kernels write both feature tensors out and read
+/// them back (58 MB per layer of the seed's inference step at batch 16).
+/// The same products in the same order: bit-equal to [`Kernel::forward`]
+/// of both, then [`LinearDims::forward`].
+fn favor_forward(
+    queries: &Kernel,
+    keys: &Kernel,
+    e: usize,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+) -> Vec<f32> {
+    let Dims { n, d, m } = queries.dims;
+    assert_eq!(keys.dims, queries.dims);
+    assert!(n > 0 && d > 0 && e > 0);
+    assert_eq!((q.len(), k.len()), (v.len() / e * d, v.len() / e * d));
+    let linear = LinearDims { n, m, e };
+    // SAFETY: each slice's query tiles pair up with its output tiles, which
+    // `LinearDims::forward_slice` writes whole (`gemm_nn_init` checks the
+    // lengths); the slices cover `out`.
+    #[allow(unsafe_code)]
+    let [out] = unsafe {
+        written([v.len()], |[out]| {
+            out.par_chunks_mut(n * e)
+                .zip(q.par_chunks(n * d))
+                .zip(k.par_chunks(n * d).zip(v.par_chunks(n * e)))
+                .for_each(|((o, q), (k, v))| {
+                    let mut kf = vec![MaybeUninit::<f32>::uninit(); n * m];
+                    let mut qf = vec![MaybeUninit::<f32>::uninit(); TILE.min(n) * m];
+                    fast(
+                        #[inline(always)]
+                        |fma| {
+                            keys.forward_slice(k, &mut kf, fma);
+                            // SAFETY: `forward_slice` wrote its whole
+                            // output (`n` rows of `m`, checked).
+                            let kf = simd::init_mut(&mut kf);
+                            let (c, sums) = linear.context(kf, v, fma);
+                            for (qt, ot) in q.chunks(TILE * d).zip(o.chunks_mut(TILE * e)) {
+                                let qf = &mut qf[..qt.len() / d * m];
+                                queries.forward_slice(qt, qf, fma);
+                                // SAFETY: as above, for this tile's rows.
+                                let qf = simd::init_mut(qf);
+                                linear.forward_slice(qf, &c, &sums, ot, fma);
+                            }
+                        },
+                    )
+                })
+        })
+    };
+    out
+}
+
+/// FAVOR+ attention with the softmax kernel (`q`, `k [b, h, n, d]`, `v
+/// [b, h, n, e]`, `projection [m, d]`), as
+/// [`crate::attention::linear_attention`] of the two
+/// [`softmax_features`], in one fused pass ([`favor_forward`]) when
+/// [`is_fused`] and nothing takes a gradient (inference); the inputs back
+/// otherwise. Bit-equal to the two fused steps.
+#[allow(clippy::type_complexity)]
+pub fn favor_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    projection: Tensor<B, 2>,
+) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 2>)> {
+    let [qd, kd, vd] = [q.dims(), k.dims(), v.dims()];
+    let [m, pd] = projection.dims();
+    let fits = qd == kd
+        && vd[..3] == qd[..3]
+        && pd == qd[3]
+        && qd.iter().chain(&vd).all(|&x| x > 0)
+        && m > 0;
+    let tracked = [&q, &k, &v].iter().any(|t| t.is_require_grad()) || projection.is_require_grad();
+    if !fits || tracked || !is_fused::<B>() {
+        return Err((q, k, v, projection));
+    }
+    macro_rules! on {
+        ($inner:ty) => {
+            type I = $inner;
+            if TypeId::of::<B>() == TypeId::of::<I>() {
+                let [b, h, n, d] = qd;
+                let w = host_vec(projection);
+                let queries = Kernel::new(Dims { n, d, m }, &w, true);
+                let keys = Kernel::new(Dims { n, d, m }, &w, false);
+                let [q, k, v]: [FloatTensor<I>; 3] =
+                    [q, k, v].map(|t| same(t.into_primitive().tensor()));
+                let out = I::with_slice(&q, |qs| {
+                    I::with_slice(&k, |ks| {
+                        I::with_slice(&v, |vs| favor_forward(&queries, &keys, vd[3], (qs, ks, vs)))
+                    })
+                });
+                let out = I::from_vec(out, &[b, h, n, vd[3]], &I::float_device(&q));
+                return Ok(Tensor::from_primitive(TensorPrimitive::Float(same(out))));
+            }
+        };
+    }
+    #[cfg(feature = "ndarray")]
+    on!(burn_ndarray::NdArray<f32>);
+    Err((q, k, v, projection))
 }
 
 /// The ring sums of [`ring_sums`] on `slices` images of `height x width`
