@@ -262,6 +262,52 @@ fn fused_favor_attention_equals_its_two_steps() {
     }
 }
 
+/// The fused reshape: values and gradients equal to Burn's, from standard
+/// and from strided layouts.
+#[cfg(feature = "ndarray")]
+#[test]
+fn fused_reshape_equals_burns_values_and_gradients() {
+    use relative_performer::favor::host::reshape;
+    type N = burn::backend::NdArray<f32>;
+    type A = Autodiff<N>;
+    let device = Default::default();
+    seed_draws(31);
+    let x = random::<N, 4>([2, 3, 4, 5], Distribution::Normal(0.0, 1.0), &device);
+    let weights = random::<N, 2>([6, 20], Distribution::Normal(0.0, 1.0), &device);
+    for strided in [false, true] {
+        let run = |fused: bool| {
+            let xa = on::<A, N, 4>(&x).require_grad();
+            // a strided view (the axes swapped back) or the tensor itself
+            let input = if strided {
+                xa.clone().swap_dims(1, 2).swap_dims(1, 2)
+            } else {
+                xa.clone()
+            };
+            let y: Tensor<A, 2> = if fused {
+                reshape(input, [6, 20])
+            } else {
+                input.reshape([6, 20])
+            };
+            let grads = (y.clone() * on::<A, N, 2>(&weights)).sum().backward();
+            (
+                y.inner().to_data(),
+                xa.grad(&grads).expect("x takes a gradient").to_data(),
+            )
+        };
+        assert_eq!(run(true), run(false), "strided {strided}");
+    }
+    let plain: Tensor<N, 3> = reshape(x.clone().swap_dims(0, 3), [5, 4, 6]);
+    assert_eq!(
+        plain.to_data(),
+        x.clone().swap_dims(0, 3).reshape([5, 4, 6]).to_data()
+    );
+    let other: Tensor<F64, 1> = reshape(on::<F64, N, 4>(&x), [120]);
+    assert_eq!(
+        other.to_data(),
+        on::<F64, N, 4>(&x).reshape([120]).to_data()
+    );
+}
+
 /// The other backends and precisions run the plain ops.
 #[test]
 fn only_ndarray_in_f32_takes_the_fused_path() {

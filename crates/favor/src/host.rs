@@ -169,7 +169,7 @@ mod norm;
 mod periodic;
 mod rotate;
 mod simd;
-pub use dense::{concat_last, dense, permute_contiguous};
+pub use dense::{concat_last, dense, permute_contiguous, reshape};
 pub use norm::layer_norm;
 pub use periodic::{PeriodicInputs, separable_periodic};
 pub use rotate::rotate_pairs;
@@ -577,6 +577,9 @@ trait HostIo: Backend {
     fn with_slice<R>(t: &FloatTensor<Self>, f: impl FnOnce(&[f32]) -> R) -> R;
     /// A tensor of `shape` holding `v` (row-major).
     fn from_vec(v: Vec<f32>, shape: &[usize], device: &Self::Device) -> FloatTensor<Self>;
+    /// `t` as `shape` (the same number of elements), its buffer kept where
+    /// it is in row-major order and not shared.
+    fn reshape(t: FloatTensor<Self>, shape: &[usize]) -> FloatTensor<Self>;
 }
 
 #[cfg(feature = "ndarray")]
@@ -604,6 +607,25 @@ impl HostIo for burn_ndarray::NdArray<f32> {
         ndarray::ArcArray::from_shape_vec(ndarray::IxDyn(shape), v)
             .expect("length matches the shape")
             .into()
+    }
+
+    fn reshape(t: FloatTensor<Self>, shape: &[usize]) -> FloatTensor<Self> {
+        match t {
+            burn_ndarray::NdArrayTensor::F32(storage) => {
+                // the array itself where the storage owns it (a copy of
+                // borrowed bytes otherwise), then new dimensions on it
+                let array = storage.into_shared();
+                if array.is_standard_layout() {
+                    array
+                        .into_shape_with_order(ndarray::IxDyn(shape))
+                        .expect("as many elements as the shape")
+                        .into()
+                } else {
+                    Self::float_reshape(array.into(), shape.into())
+                }
+            }
+            other => Self::float_reshape(other, shape.into()),
+        }
     }
 }
 

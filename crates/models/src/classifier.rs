@@ -129,7 +129,7 @@ impl<B: Backend> Attention<B> {
             &self.dropout,
             linear(
                 &self.to_out,
-                permute(out, [0, 2, 1, 3]).reshape([b, n, dim]),
+                reshape(permute(out, [0, 2, 1, 3]), [b, n, dim]),
             ),
         )
     }
@@ -154,7 +154,7 @@ impl<B: Backend> Attention<B> {
                     Ok(y) => y,
                     Err((x, w, bi)) => x.matmul(w.unsqueeze()) + bi.unsqueeze(),
                 };
-                permute(y.reshape([b, n, h, d]), [0, 2, 1, 3])
+                permute(reshape(y, [b, n, h, d]), [0, 2, 1, 3])
             });
         }
         let qkv = permute(
@@ -234,6 +234,15 @@ fn norm<B: Backend, const D: usize>(l: &LayerNorm<B>, x: Tensor<B, D>) -> Tensor
 
 /// The epsilon of every `LayerNorm` of the models: PyTorch's `1e-5`.
 const NORM_EPSILON: f64 = 1e-5;
+
+/// `x.reshape(shape)`; on burn-ndarray in `f32` without the copy its
+/// reshape makes ([`relperf_favor::host::reshape`]).
+fn reshape<B: Backend, const D1: usize, const D2: usize>(
+    x: Tensor<B, D1>,
+    shape: [usize; D2],
+) -> Tensor<B, D2> {
+    relperf_favor::host::reshape(x, shape)
+}
 
 /// `x.permute(perm)`; on burn-ndarray in `f32` written out in standard
 /// layout ([`relperf_favor::host::permute_contiguous`]), so that the narrow

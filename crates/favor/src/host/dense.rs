@@ -328,9 +328,10 @@ impl<I: HostIo> Backward<I, 1> for PermuteBackward {
 /// input back otherwise (so `x.permute(perm)` is the fallback on every
 /// backend, equal in value).
 ///
-/// Narrowing the result along its first axis, or reshaping it, is then free
-/// (no copy); on burn-ndarray the plain permutation's strided view is
-/// copied element by element by the next reshape or kernel.
+/// Narrowing the result along its first axis, or reshaping it with
+/// [`reshape`], is then free (no copy); on burn-ndarray the plain
+/// permutation's strided view is copied element by element by the next
+/// reshape or kernel.
 pub fn permute_contiguous<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     perm: [usize; D],
@@ -380,6 +381,76 @@ pub fn permute_contiguous<B: Backend, const D: usize>(
     #[cfg(feature = "ndarray")]
     on!(burn_ndarray::NdArray<f32>);
     Err(x)
+}
+
+#[derive(Debug)]
+struct ReshapeBackward;
+
+impl<I: HostIo> Backward<I, 1> for ReshapeBackward {
+    /// The input's shape.
+    type State = Vec<usize>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let in_shape = ops.state;
+        unary::<I, _>(ops.parents, ops.node, grads, |grad| {
+            I::reshape(grad, &in_shape)
+        });
+    }
+}
+
+/// `x.reshape(shape)`, forward and backward, without a copy where `x` is in
+/// standard layout, when [`is_fused`]; `x.reshape(shape)` otherwise.
+///
+/// burn-ndarray 0.21's reshape copies every tensor it reshapes (its
+/// `to_shape` view is turned into an owned array), on one thread: four
+/// times per layer of the models' attention (the heads' split and merge),
+/// 8.4 MB each at the seed's sizes, and as many times in the backward.
+/// Dimensions given as `-1` or `0` are not taken (unlike
+/// [`Tensor::reshape`]): `shape` holds the extents.
+///
+/// # Panics
+/// If `shape` does not hold as many elements as `x`.
+pub fn reshape<B: Backend, const D1: usize, const D2: usize>(
+    x: Tensor<B, D1>,
+    shape: [usize; D2],
+) -> Tensor<B, D2> {
+    let in_shape = x.dims().to_vec();
+    assert_eq!(
+        in_shape.iter().product::<usize>(),
+        shape.iter().product::<usize>(),
+        "reshape of {in_shape:?} to {shape:?}"
+    );
+    if !is_fused::<B>() {
+        return x.reshape(shape);
+    }
+    macro_rules! on {
+        ($inner:ty) => {
+            type I = $inner;
+            if TypeId::of::<B>() == TypeId::of::<I>() {
+                let x: FloatTensor<I> = same(x.into_primitive().tensor());
+                let y = I::reshape(x, &shape);
+                return Tensor::from_primitive(TensorPrimitive::Float(same(y)));
+            }
+            if TypeId::of::<B>() == TypeId::of::<Autodiff<I>>() {
+                let x: FloatTensor<Autodiff<I>> = same(x.into_primitive().tensor());
+                let y = I::reshape(x.primitive, &shape);
+                let y = match <ReshapeBackward as Backward<I, 1>>::prepare::<NoCheckpointing>(
+                    ReshapeBackward,
+                    [x.node.clone()],
+                )
+                .compute_bound()
+                .stateful()
+                {
+                    OpsKind::Tracked(prep) => prep.finish(in_shape, y),
+                    OpsKind::UnTracked(prep) => prep.finish(y),
+                };
+                return Tensor::from_primitive(TensorPrimitive::Float(same(y)));
+            }
+        };
+    }
+    #[cfg(feature = "ndarray")]
+    on!(burn_ndarray::NdArray<f32>);
+    x.reshape(shape)
 }
 
 /// The rows of a last-axis concatenation `[a, b]`: `a [rows, da]`, `b`
