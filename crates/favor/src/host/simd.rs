@@ -27,6 +27,20 @@ pub(crate) fn sum(v: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + rest
 }
 
+/// `sum((v - m)^2)`, eight elements at a time.
+#[inline(always)]
+pub(crate) fn sum_sq_dev(v: &[f32], m: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let rest: f32 = chunks.remainder().iter().map(|x| (x - m) * (x - m)).sum();
+    for c in chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a += (x - m) * (x - m);
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
 /// `sum(a * b)` over the shorter of the two, eight elements at a time.
 #[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32], fma: Fma) -> f32 {
@@ -513,6 +527,11 @@ mod tests {
             let seq_sum: f32 = v.iter().sum();
             let seq_dot: f32 = v.iter().zip(&w).map(|(a, b)| a * b).sum();
             let seq_max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let seq_dev: f32 = v.iter().map(|x| (x - 0.3) * (x - 0.3)).sum();
+            assert!(
+                (sum_sq_dev(&v, 0.3) - seq_dev).abs() <= 1e-4 * (1.0 + seq_dev),
+                "{n}"
+            );
             assert!(
                 (sum(&v) - seq_sum).abs() <= 1e-4 * (1.0 + seq_sum.abs()),
                 "{n}"
