@@ -32,7 +32,7 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use relative_performer::backend::{BackendKind, BackendTask, run_on};
 use relative_performer::favor::Kernel;
 use relative_performer::models::{ImageClassifier, ModelConfig, ModelKind};
@@ -211,4 +211,13 @@ fn bench(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+// `criterion_main!` with the GEMM threads set first
+fn main() {
+    // SAFETY: first thing in `main`: no other thread runs yet.
+    #[allow(unsafe_code)]
+    unsafe {
+        relative_performer::threads::gemm_on_rayon();
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -330,6 +330,11 @@ fn fail(e: &dyn std::fmt::Display, code: u8) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in `main`: no other thread runs yet.
+    #[allow(unsafe_code)]
+    unsafe {
+        relative_performer::threads::gemm_on_rayon();
+    }
     relative_performer::allocator::keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(c) => c,

@@ -28,3 +28,4 @@ pub use relperf_train as train;
 
 pub mod allocator;
 pub mod backend;
+pub mod threads;

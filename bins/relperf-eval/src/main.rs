@@ -217,6 +217,11 @@ fn parse_model(s: &str) -> Result<ModelKind, String> {
 static PANIC: Mutex<Option<String>> = Mutex::new(None);
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in `main`: no other thread runs yet.
+    #[allow(unsafe_code)]
+    unsafe {
+        relative_performer::threads::gemm_on_rayon();
+    }
     relative_performer::allocator::keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -663,6 +663,11 @@ fn fail(e: &RunError) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in `main`: no other thread runs yet.
+    #[allow(unsafe_code)]
+    unsafe {
+        relative_performer::threads::gemm_on_rayon();
+    }
     relative_performer::allocator::keep_freed_memory();
     let cli = match parse_cli() {
         Ok(c) => c,

@@ -169,7 +169,7 @@ mod norm;
 mod periodic;
 mod rotate;
 mod simd;
-pub use dense::{concat_last, dense, permute_contiguous, reshape};
+pub use dense::{concat_last, dense, gemm_on_rayon, permute_contiguous, reshape};
 pub use norm::layer_norm;
 pub use periodic::{PeriodicInputs, separable_periodic};
 pub use rotate::rotate_pairs;
