@@ -492,7 +492,8 @@ def summary_markdown(env: dict, checks: list[dict], through: list[dict], scaling
         f"medians over rounds of each process's median; 'best' = the ratio of the fastest single steps",
         f"- float32, {env['threads']} threads (torch.set_num_threads, RAYON_NUM_THREADS); torch {env['torch']}, "
         f"performer-pytorch {env['performer_pytorch'] or 'not installed'}; glibc malloc for the PyTorch rows: "
-        f"{env['malloc']}; Rust default backend: {env['default_backend']}",
+        f"{env['malloc']}; Rust default backend: {env['default_backend']}, its GEMMs on rayon's threads "
+        f"(`MATMUL_NUM_THREADS=1`, set by the Rust binary: `relative_performer::threads`)",
         "",
         "## Targets (issue 24)",
         "",
