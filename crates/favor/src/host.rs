@@ -1284,8 +1284,9 @@ fn favor_forward(
 
 /// FAVOR+ attention with the softmax kernel (`q`, `k [b, h, n, d]`, `v
 /// [b, h, n, e]`, `projection [m, d]`), as
-/// [`crate::attention::linear_attention`] of the two
-/// [`softmax_features`], in one fused pass ([`favor_forward`]) when
+/// [`crate::attention::linear_attention`] of the two feature maps
+/// ([`crate::features::softmax_features_up_to_scale`]), in one pass per
+/// `(sample, head)` slice that keeps the features in cache, when
 /// [`is_fused`] and nothing takes a gradient (inference); the inputs back
 /// otherwise. Bit-equal to the two fused steps.
 #[allow(clippy::type_complexity)]
