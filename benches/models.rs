@@ -104,13 +104,8 @@ fn bench(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench);
-// `criterion_main!` with the GEMM threads set first
+mod common;
+
 fn main() {
-    // SAFETY: first thing in `main`: no other thread runs yet.
-    #[allow(unsafe_code)]
-    unsafe {
-        relative_performer::threads::gemm_on_rayon();
-    }
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    common::main(benches);
 }
