@@ -48,10 +48,7 @@ impl DenseDims {
                     y.par_chunks_mut(output * ROWS_PER_TASK)
                         .zip(x.par_chunks(input.max(1) * ROWS_PER_TASK))
                         .for_each(|(y, x)| {
-                            for row in y.chunks_exact_mut(output) {
-                                put(row, bias);
-                            }
-                            let y = simd::init_mut(y);
+                            let y = bias_rows(y, bias);
                             gemm_add(y, (y.len() / output, input, output), x, w);
                         })
                 })
@@ -65,9 +62,7 @@ impl DenseDims {
         let [mut y] = unsafe {
             written([rows * output], |[y]| {
                 y.par_chunks_mut(output * ROWS_PER_TASK).for_each(|rows| {
-                    for row in rows.chunks_exact_mut(output) {
-                        put(row, bias);
-                    }
+                    bias_rows(rows, bias);
                 })
             })
         };
@@ -130,15 +125,16 @@ impl DenseDims {
                     .zip(g.par_chunks(output * per_part))
                     .map(|(x, g)| {
                         let block = x.len() / input;
-                        let mut part = vec![MaybeUninit::uninit(); input * output];
-                        gemm_into(
-                            &mut part,
-                            (input, block, output),
-                            (x, col_major(input)),
-                            (g, row_major(output)),
-                        );
-                        // SAFETY: `gemm_into` wrote all of `part`.
-                        simd::init_mut(&mut part).to_vec()
+                        // SAFETY: `gemm_into` writes all of `part`.
+                        let [part] = written([input * output], |[part]| {
+                            gemm_into(
+                                part,
+                                (input, block, output),
+                                (x, col_major(input)),
+                                (g, row_major(output)),
+                            )
+                        });
+                        part
                     })
                     .reduce_with(|mut a, b| {
                         a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
@@ -183,6 +179,23 @@ pub fn gemm_on_rayon() -> bool {
         std::env::var("MATMUL_NUM_THREADS").is_ok_and(|v| v.trim() == "1")
             && rayon::current_num_threads() > 1
     })
+}
+
+/// `bias` written into every row of `rows` (whole rows of its length),
+/// which it returns as written.
+fn bias_rows<'a>(rows: &'a mut [MaybeUninit<f32>], bias: &[f32]) -> &'a mut [f32] {
+    assert!(
+        !bias.is_empty() && rows.len().is_multiple_of(bias.len()),
+        "whole rows"
+    );
+    for row in rows.chunks_exact_mut(bias.len()) {
+        put(row, bias);
+    }
+    // SAFETY: the rows cover `rows` (checked above) and each got the bias.
+    #[allow(unsafe_code)]
+    unsafe {
+        simd::init_mut(rows)
+    }
 }
 
 /// `y += a b` for `a [m, k]`, `b [k, n]`, `y [m, n]`, all row-major.
