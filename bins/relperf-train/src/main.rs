@@ -1,7 +1,8 @@
 //! `relperf-train MODEL DATASET [OPTIONS]`: trains one of the five models
 //! into a run folder `LOG_PATH/EXP_NAME/VERSION`; `--resume RUN_DIR`
-//! continues a run exactly; `--init-from RUN_DIR` starts a new run from
-//! another's weights. Every user error is one line on stderr with exit code
+//! continues a run exactly; `--finish RUN_DIR` ends a stopped one (tests its
+//! best checkpoint, writes `results.json`); `--init-from RUN_DIR` starts a
+//! new run from another's weights. Every user error is one line on stderr with exit code
 //! 2 (usage) or 1 (files, data); Ctrl-C saves the state and exits with 130.
 
 use std::path::PathBuf;
@@ -29,7 +30,9 @@ static STOP: AtomicBool = AtomicBool::new(false);
 /// --feature-redraw-interval steps) into the run folder
 /// LOG_PATH/EXP_NAME/VERSION: config.json, metrics.csv,
 /// checkpoints/best.mpk (best validation accuracy), checkpoints/last.ckpt
-/// (to --resume), results.json (test accuracy of the best checkpoint).
+/// (to --resume), results.json (test accuracy of the best checkpoint; a run
+/// stopped by Ctrl-C gets it from --resume, or from --finish without more
+/// training).
 /// Options also accept the reference's underscore spellings (--batch_size).
 #[derive(Debug, Parser)]
 #[command(
@@ -39,14 +42,22 @@ static STOP: AtomicBool = AtomicBool::new(false);
     allow_negative_numbers = true
 )]
 struct Cli {
-    /// Performer, NoposPerformer, RelativePerformer, ClippedRelativePerformer or ExactRelativePerformer (not with --resume; optional with --init-from).
+    /// Performer, NoposPerformer, RelativePerformer, ClippedRelativePerformer or ExactRelativePerformer (not with --resume or --finish; optional with --init-from).
     model: Option<String>,
-    /// MNIST, FashionMNIST or CIFAR10 (case-insensitive; not with --resume).
+    /// MNIST, FashionMNIST or CIFAR10 (case-insensitive; not with --resume or --finish).
     dataset: Option<String>,
 
     /// Continue the run in RUN_DIR from its checkpoints/last.ckpt (only runtime options may change).
     #[arg(long, value_name = "RUN_DIR", help_heading = "Run folder")]
     resume: Option<PathBuf>,
+    /// End the stopped run in RUN_DIR without training: test its best checkpoint and write results.json (the state from last.ckpt, or from metrics.csv where last.ckpt is lost).
+    #[arg(
+        long,
+        value_name = "RUN_DIR",
+        help_heading = "Run folder",
+        conflicts_with = "resume"
+    )]
+    finish: Option<PathBuf>,
     /// Start a new run from the best weights and random features of RUN_DIR (its model and model options; --feature-redraw-interval, --attn-dropout and --ff-dropout may change).
     #[arg(
         long,
@@ -459,16 +470,21 @@ fn training_options(cli: &Cli) -> Result<TrainOptions, RunError> {
 }
 
 fn resolve(cli: &Cli) -> Result<Start, RunError> {
-    if let Some(run_dir) = &cli.resume {
+    let existing = match (&cli.resume, &cli.finish) {
+        (Some(dir), _) => Some(("--resume", dir)),
+        (None, Some(dir)) => Some(("--finish", dir)),
+        (None, None) => None,
+    };
+    if let Some((flag, run_dir)) = existing {
         if cli.init_from.is_some() {
-            return Err(usage(
-                "--resume and --init-from: give one of them (--resume continues a run, --init-from starts a new one from its weights)",
-            ));
+            return Err(usage(format!(
+                "{flag} and --init-from: give one of them (--resume continues a run, --finish ends one, --init-from starts a new one from its weights)",
+            )));
         }
         if cli.model.is_some() || cli.dataset.is_some() {
-            return Err(usage(
-                "--resume takes the model and dataset from the run: leave MODEL and DATASET out",
-            ));
+            return Err(usage(format!(
+                "{flag} takes the model and dataset from the run: leave MODEL and DATASET out",
+            )));
         }
         for (given, opt) in [
             (cli.log_path.is_some(), "--log-path"),
@@ -477,7 +493,7 @@ fn resolve(cli: &Cli) -> Result<Start, RunError> {
         ] {
             if given {
                 return Err(usage(format!(
-                    "--resume cannot be combined with {opt}: the run stays in {}",
+                    "{flag} cannot be combined with {opt}: the run stays in {}",
                     run_dir.display()
                 )));
             }
@@ -488,7 +504,7 @@ fn resolve(cli: &Cli) -> Result<Start, RunError> {
             let saved = saved_option(&config, name);
             if !same_value(&saved, &value) {
                 return Err(usage(format!(
-                    "{} {value} differs from the run's {saved}: only runtime options (budgets, limits, logging, backend) may change with --resume; start a new run (--init-from {}) instead",
+                    "{} {value} differs from the run's {saved}: only runtime options (budgets, limits, logging, backend) may change with {flag}; start a new run (--init-from {}) instead",
                     option_name(name),
                     run_dir.display()
                 )));
@@ -506,7 +522,11 @@ fn resolve(cli: &Cli) -> Result<Start, RunError> {
                 ..base
             },
         )?;
-        return Ok(Start::Resume { run, runtime: rt });
+        return Ok(if flag == "--finish" {
+            Start::Finish { run, runtime: rt }
+        } else {
+            Start::Resume { run, runtime: rt }
+        });
     }
 
     let init_from = match &cli.init_from {
@@ -683,12 +703,12 @@ fn main() -> ExitCode {
     };
     let backend: BackendKind = match &start {
         Start::New { spec, .. } => spec.runtime.backend.parse(),
-        Start::Resume { runtime, .. } => runtime.backend.parse(),
+        Start::Resume { runtime, .. } | Start::Finish { runtime, .. } => runtime.backend.parse(),
     }
     .unwrap_or_default();
     let device = match &start {
         Start::New { spec, .. } => spec.runtime.device.clone(),
-        Start::Resume { runtime, .. } => runtime.device.clone(),
+        Start::Resume { runtime, .. } | Start::Finish { runtime, .. } => runtime.device.clone(),
     };
     if let Err(e) = ctrlc::set_handler(|| {
         if STOP.swap(true, Ordering::SeqCst) {

@@ -261,6 +261,92 @@ fn ctrl_c_saves_a_state_the_run_continues_from() {
     );
 }
 
+/// `--finish` ends a stopped run without training: from its `last.ckpt`
+/// (the exact state), or from `metrics.csv` where that is lost; a finished
+/// run, or one without a best checkpoint, is refused in one line.
+#[test]
+fn finish_tests_a_stopped_run_from_its_checkpoint_or_its_metrics() {
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().to_str().unwrap();
+    let args: Vec<&str> = TINY
+        .iter()
+        .copied()
+        .chain(["Performer", "MNIST", "--log-path", log, "--max-steps", "6"])
+        .chain(["--val-check-interval", "2", "--limit-train-batches", "8"])
+        .collect();
+    let o = train(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = logs.path().join("default/version_0");
+    let finished = json(&run.join("results.json"));
+    // the run as Ctrl-C after its last step would leave it
+    std::fs::remove_file(run.join("results.json")).unwrap();
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let no_test: String = metrics
+        .lines()
+        .filter(|l| {
+            l.split(',')
+                .nth(3)
+                .is_none_or(|c| c.is_empty() || c == "test/acc")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(run.join("metrics.csv"), &no_test).unwrap();
+    let run_dir = run.to_str().unwrap();
+
+    for state_from in ["last.ckpt", "metrics.csv"] {
+        if state_from == "metrics.csv" {
+            std::fs::remove_file(run.join("results.json")).unwrap();
+            std::fs::write(run.join("metrics.csv"), &no_test).unwrap();
+            std::fs::remove_file(run.join("checkpoints/last.ckpt")).unwrap();
+        }
+        let o = train(&["--finish", run_dir, "--no-progress-bar"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let results = json(&run.join("results.json"));
+        for key in [
+            "test_acc",
+            "test_loss",
+            "best_val_acc",
+            "best_step",
+            "best_epoch",
+            "global_step",
+            "epochs",
+        ] {
+            assert_eq!(results[key], finished[key], "{state_from}: {key}");
+        }
+        assert_eq!(results["finished_by"]["state_from"], state_from);
+        if state_from == "metrics.csv" {
+            // what the metrics cannot tell
+            assert_eq!(results["stopped_by"], "interrupted");
+            assert!(results["train_seconds"].is_null(), "{results}");
+        } else {
+            assert_eq!(results["stopped_by"], finished["stopped_by"]);
+            assert_eq!(results["train_seconds"], finished["train_seconds"]);
+        }
+        let sessions = json(&run.join("config.json"))["sessions"].clone();
+        assert_eq!(
+            sessions.as_array().unwrap().last().unwrap()["state_from"],
+            state_from
+        );
+        // one test row appended
+        let text = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+        assert_eq!(text.lines().count(), no_test.lines().count() + 1);
+    }
+    fails(&train(&["--finish", run_dir]), 2, "has finished already");
+    fails(
+        &train(&["--finish", run_dir, "--resume", run_dir]),
+        2,
+        "--resume",
+    );
+    std::fs::remove_file(run.join("results.json")).unwrap();
+    std::fs::remove_file(run.join("checkpoints/best.mpk")).unwrap();
+    fails(&train(&["--finish", run_dir]), 1, "best.mpk");
+    fails(
+        &train(&["--finish", logs.path().join("nothing").to_str().unwrap()]),
+        1,
+        "does not exist",
+    );
+}
+
 #[test]
 fn bad_input_is_one_line_before_any_run_folder() {
     let logs = tempfile::tempdir().unwrap();

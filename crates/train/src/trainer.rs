@@ -69,6 +69,16 @@ pub enum Start {
         /// This session's runtime options.
         runtime: RuntimeOptions,
     },
+    /// End a stopped `run` without training: test its best checkpoint and
+    /// write `results.json`, as a run that ends by itself does. The loop
+    /// state comes from `checkpoints/last.ckpt`, or, where that is lost,
+    /// from `metrics.csv` (then the training time is unknown: `null`).
+    Finish {
+        /// The run.
+        run: RunFolder,
+        /// This session's runtime options (backend, data folder, test limit).
+        runtime: RuntimeOptions,
+    },
 }
 
 /// How a session ended.
@@ -529,7 +539,167 @@ pub fn train<B: AutodiffBackend>(
             };
             run_loop(session, model, optim, ema, &data, stop)
         }
+        Start::Finish { run, runtime } => finish_stopped::<B>(run, runtime, command, device),
     }
+}
+
+/// [`Start::Finish`]: tests the best checkpoint of a stopped run and writes
+/// its `results.json`.
+fn finish_stopped<B: AutodiffBackend>(
+    run: RunFolder,
+    runtime: RuntimeOptions,
+    command: &str,
+    device: B::Device,
+) -> Result<Outcome> {
+    runtime.validate()?;
+    let config = run.read_config()?;
+    if run.is_finished() {
+        return Err(RunError::usage(format!(
+            "{} has finished already (it has {}): nothing to finish",
+            run.path.display(),
+            run.results_path().display()
+        )));
+    }
+    run.best_checkpoint()?;
+    let training: TrainOptions = serde_json::from_value(config.training.clone()).map_err(|e| {
+        RunError::run(format!(
+            "{}: its training options are not relperf-train's ({e}); was it trained by another program?",
+            run.config_path().display()
+        ))
+    })?;
+    let seed = training
+        .seed
+        .or(config.seed)
+        .ok_or_else(|| RunError::run(format!("{} has no seed", run.config_path().display())))?;
+    let (mut state, state_from) = if run.last().is_file() {
+        (Checkpoint::read(&run.last())?.state, run::LAST_FILE)
+    } else {
+        (state_from_metrics(&run.metrics_path())?, "metrics.csv")
+    };
+    state.model = config.model.to_string();
+    state.dataset = config.dataset.clone();
+    if state.stopped_by.is_none() {
+        state.stopped_by = Some("interrupted".into());
+    }
+    let dataset = config.dataset()?;
+    let data = load_data(dataset, &config.data, &runtime)?;
+    let metrics = MetricsLog::resume(&run.metrics_path(), state.global_step)?;
+    let mut config_json = run::read_json(&run.config_path())?;
+    let session = json!({
+        "started": now(),
+        "command": command,
+        "runtime": runtime,
+        "machine": machine(&runtime),
+        "finished_at_step": state.global_step,
+        "state_from": state_from,
+    });
+    match config_json
+        .get_mut("sessions")
+        .and_then(Value::as_array_mut)
+    {
+        Some(list) => list.push(session),
+        None => config_json["sessions"] = json!([session]),
+    }
+    write_json_atomic(&run.config_path(), &config_json)?;
+    let progress = Progress::new(runtime.progress);
+    progress.event(&format!(
+        "finishing {} on {} in {} (stopped at step {}; state from {state_from}): testing its best checkpoint",
+        config.model,
+        dataset,
+        run.path.display(),
+        state.global_step
+    ));
+    let session = Session::<B> {
+        run,
+        model_config: config.model_config.clone(),
+        dataset,
+        training,
+        runtime,
+        seed,
+        device,
+        state,
+        metrics,
+        progress,
+        _b: std::marker::PhantomData,
+    };
+    let mut outcome = finish(session, &data)?;
+    if let Some(results) = outcome.results.as_mut() {
+        results["finished_by"] = json!({ "command": command, "state_from": state_from });
+        write_json_atomic(&outcome.run.results_path(), results)?;
+    }
+    Ok(outcome)
+}
+
+/// The loop state of a run whose `last.ckpt` is lost, from its
+/// `metrics.csv`: the steps and epoch of the last row, the validations and
+/// the best of them (the first of equal accuracies, as training keeps it).
+/// The training time is not in the file: `NaN` (`null` in `results.json`).
+pub fn state_from_metrics(path: &Path) -> Result<TrainState> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| RunError::run(format!("cannot read {} ({e})", path.display())))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let col = |name: &str| {
+        header.iter().position(|h| *h == name).ok_or_else(|| {
+            RunError::run(format!(
+                "{} has no column {name}: not relperf-train's metrics",
+                path.display()
+            ))
+        })
+    };
+    let (epoch, step, acc, loss) = (
+        col("epoch")?,
+        col("step")?,
+        col("val/acc")?,
+        col("val/loss")?,
+    );
+    let mut state = TrainState {
+        train_seconds: f64::NAN,
+        ..Default::default()
+    };
+    let mut rows = 0;
+    for (i, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let cells: Vec<&str> = line.split(',').collect();
+        let bad = || {
+            RunError::run(format!(
+                "{} line {} is not a metrics row: {line}",
+                path.display(),
+                i + 2
+            ))
+        };
+        let number = |c: usize| -> Result<Option<f64>> {
+            match cells.get(c).copied().unwrap_or_default() {
+                "" => Ok(None),
+                v => v.parse::<f64>().map(Some).map_err(|_| bad()),
+            }
+        };
+        let (Some(e), Some(s)) = (number(epoch)?, number(step)?) else {
+            return Err(bad());
+        };
+        let (e, s) = (e as u64, s as u64);
+        rows += 1;
+        state.epoch = state.epoch.max(e);
+        state.global_step = state.global_step.max(s + 1);
+        if let Some(a) = number(acc)? {
+            state.validations += 1;
+            if state.best_val_acc.is_none_or(|b| a > b) {
+                state.best_val_acc = Some(a);
+                state.best_val_loss = number(loss)?;
+                state.best_epoch = Some(e);
+                state.best_step = Some(s);
+                state.bad_validations = 0;
+            } else {
+                state.bad_validations += 1;
+            }
+        }
+    }
+    if rows == 0 {
+        return Err(RunError::run(format!(
+            "{} has no rows: the run has nothing to finish",
+            path.display()
+        )));
+    }
+    Ok(state)
 }
 
 /// `Some(reason)` when the budget of `runtime` is already spent at `state`.
@@ -766,8 +936,9 @@ fn run_loop<B: AutodiffBackend, O: Optimizer<ImageClassifier<B>, B>>(
     if interrupted {
         write_model_checkpoint(&s, &model, &optim, ema.as_ref())?;
         s.progress.event(&format!(
-            "interrupted at step {}; the state is saved: continue with `relperf-train --resume {}`",
+            "interrupted at step {}; the state is saved: continue with `relperf-train --resume {}`, or end it here with `relperf-train --finish {}` (tests the best checkpoint)",
             s.state.global_step,
+            s.run.path.display(),
             s.run.path.display()
         ));
         return Ok(Outcome {
@@ -865,6 +1036,44 @@ pub fn model_names() -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn state_from_metrics_takes_the_steps_and_the_first_best_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.csv");
+        let header = crate::metrics::COLUMNS.join(",");
+        std::fs::write(
+            &path,
+            format!(
+                "{header}\n0,0.1,49,,,,,2.3,,\n0,,99,,,,,,0.5,1.2\n1,,199,,,,,,0.7,0.9\n1,,299,,,,,,0.7,0.8\n1,0.1,349,,,,,0.4,,\n"
+            ),
+        )
+        .unwrap();
+        let s = state_from_metrics(&path).unwrap();
+        assert_eq!(
+            (s.global_step, s.epoch, s.validations, s.bad_validations),
+            (350, 1, 3, 1)
+        );
+        assert_eq!(
+            (s.best_val_acc, s.best_val_loss, s.best_step, s.best_epoch),
+            (Some(0.7), Some(0.9), Some(199), Some(1))
+        );
+        assert!(s.train_seconds.is_nan());
+        for (text, needle) in [
+            (format!("{header}\n"), "has no rows"),
+            (
+                format!("{header}\n0,,x,,,,,,0.5,1.2\n"),
+                "line 2 is not a metrics row",
+            ),
+            ("epoch,step\n0,1\n".to_string(), "has no column val/acc"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = state_from_metrics(&path).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+        let missing = dir.path().join("none.csv");
+        assert!(state_from_metrics(&missing).is_err());
+    }
 
     #[test]
     fn iso_time_is_utc_calendar_time() {
