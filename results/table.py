@@ -107,7 +107,8 @@ def training(run_dir: str) -> str:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
         return "–"
-    text = f"{results.get('global_step', '?')} steps, {duration(num(str(results.get('train_seconds', ''))))}"
+    seconds = num(str(results.get("train_seconds", "")))
+    text = f"{results.get('global_step', '?')} steps" + (f", {duration(seconds)}" if not math.isnan(seconds) else "")
     links, steps = chain(config.get("init_from"))
     if links:
         # a run continued from another's best weights (train --init-from): say
@@ -115,9 +116,20 @@ def training(run_dir: str) -> str:
         earlier = f"{links} earlier run" + ("s" if links > 1 else "")
         text += f", after {earlier} of {steps} steps" if steps is not None else f", after {earlier}"
         text += " (an init-from chain)"
-    if "imported" in config:
-        text += " (imported)"
+    text += " (imported)" if "imported" in config else " (`relperf-train`)"
     return text
+
+
+def imported(run_dir: str) -> bool:
+    """Whether a shipped run holds the reference's weights, imported."""
+    return "imported" in read_config(run_dir)
+
+
+def same_weights(ref: list[dict], trained: set[tuple[str, str]]) -> list[dict]:
+    """The reference's rows on the weights shipped here: those of the runs
+    trained in Rust are left out (the reference measured the imported
+    weights they replaced)."""
+    return [r for r in ref if (r["dataset"], r["model"]) not in trained]
 
 
 def chain(init_from) -> tuple[int, int | None]:
@@ -170,10 +182,13 @@ def images(curve: dict[int, dict]) -> str:
     return next(iter(curve.values()))["n_images"]
 
 
-def accuracy_table(test: list[dict], ref: list[dict]) -> str:
+def accuracy_table(test: list[dict], ref: list[dict], replaced: list[dict]) -> str:
+    """`ref`: the reference on the shipped weights; `replaced`: on the
+    imported weights that a run trained in Rust replaced."""
     sets = datasets_of(test)
     by = {(r["dataset"], r["model"]): r for r in test}
     ref_by = {(r["dataset"], r["model"]): r for r in ref}
+    replaced_by = {(r["dataset"], r["model"]): r for r in replaced}
     head = ["model"]
     for d in sets:
         head += [f"{d} Rust", f"{d} PyTorch", f"{d} paper"]
@@ -190,7 +205,10 @@ def accuracy_table(test: list[dict], ref: list[dict]) -> str:
             cells.append(f"{paper:.2f}" if paper is not None else "–")
             if row:
                 params = f"{int(row['parameters']):,}"
-                budgets.append(f"{d}: {training(row['run_dir'])}")
+                text = f"{d}: {training(row['run_dir'])}"
+                if (d, model) in replaced_by:
+                    text += f", replacing the imported run's {pct(num(replaced_by[(d, model)]['test_acc']))} %"
+                budgets.append(text)
         lines.append("| " + " | ".join(cells + [params, "; ".join(budgets)]) + " |")
     return "\n".join(lines)
 
@@ -427,15 +445,28 @@ def build(folder: Path) -> str:
     equi = read_csv(folder / "equivariance.csv")
     first = test[0] if test else {}
     test_n = sorted({r["test_n"] for r in test})
+    trained = {(r["dataset"], r["model"]) for r in test if not imported(r["run_dir"])}
+    ref_all = ref
+    ref = lambda name: same_weights(ref_all(name), trained)  # noqa: E731
+    replaced = [r for r in ref_all("test.csv") if (r["dataset"], r["model"]) in trained]
+    if trained:
+        names = ", ".join(f"{d} `{m}`" for d, m in sorted(trained, key=lambda k: (DATASETS.index(k[0]), MODELS.index(k[1]))))
+        shipped = (f"The shipped runs are the reference's, imported (dim {first.get('dim', '?')}, depth "
+                   f"{first.get('depth', '?')}, heads {first.get('heads', '?')}, trained for minutes), except "
+                   f"{names}: trained in Rust by `relperf-train` with the same recipe on this CPU "
+                   "(`results/training/README.md`), where the PyTorch columns are empty (the reference measured "
+                   "the imported weights it replaced; their score is in the last column). Steps and time in the "
+                   f"last column; the paper's runs are far larger ({PAPER_SIZE}).")
+    else:
+        shipped = (f"The shipped runs are the reference's, imported (dim {first.get('dim', '?')}, depth "
+                   f"{first.get('depth', '?')}, heads {first.get('heads', '?')}, trained for minutes; steps and "
+                   f"time in the last column); the paper's are far larger ({PAPER_SIZE}).")
     parts = [provenance(folder)] if (folder / "make.json").is_file() else []
     parts += [
         f"Test accuracy (%) of the shipped runs on the test split ({', '.join(test_n)} images), by "
         "`relperf-eval test-recursive`, beside the PyTorch reference's on the same weights "
-        "(`results/reference/test.csv`) and the paper's results table. The shipped runs are the "
-        f"reference's, imported (dim {first.get('dim', '?')}, depth {first.get('depth', '?')}, "
-        f"heads {first.get('heads', '?')}, trained for minutes; steps and time in the last column); the "
-        f"paper's are far larger ({PAPER_SIZE}).",
-        accuracy_table(test, ref("test.csv")),
+        "(`results/reference/test.csv`) and the paper's results table. " + shipped,
+        accuracy_table(test, ref("test.csv"), replaced),
         "Shift test (label 1, test images with at least 8 empty columns on each side, the first `images` "
         "of them, rolled along x), accuracy in % ([figure](results/shifted-label1-x.svg)):",
         label1_table(label1, Curves(ref("shifted-label1-x.csv"))),
