@@ -1132,6 +1132,160 @@ fn fused_rotation_equals_the_plain_ops_values_and_gradients() {
     }
 }
 
+struct RotateLeadCheck;
+
+impl BackendTask for RotateLeadCheck {
+    type Output = Vec<String>;
+    fn run<B: Backend>(self, device: B::Device) -> Vec<String> {
+        use relative_performer::favor::host::rotate_with_lead;
+        use relative_performer::positional::constrained::rotate;
+        type A<B> = Autodiff<B>;
+        seed_draws(19);
+        let normal = Distribution::Normal(0.0, 1.0);
+        let mut report = Vec::new();
+        // (heads, tokens, axes, scales): a small case, and the periodic
+        // factor's at 32x32 (more tokens than one task's rows)
+        for (h, n, a, s) in [(2, 5, 2, 3), (4, 1025, 2, 4), (3, 7, 1, 1)] {
+            let f = random::<B, 4>([n, a, s, 2], normal, &device);
+            let alpha = random::<B, 3>([h, a, s], normal, &device);
+            let beta = random::<B, 3>([h, a, s], normal, &device);
+            let lead = random::<B, 2>([h, a], normal, &device);
+            let weights = random::<B, 4>([h, n, a, 1 + 2 * s], normal, &device);
+            let run = |fused: bool| {
+                let fa = on::<A<B>, B, 4>(&f).require_grad();
+                let aa = on::<A<B>, B, 3>(&alpha).require_grad();
+                let ba = on::<A<B>, B, 3>(&beta).require_grad();
+                let la = on::<A<B>, B, 2>(&lead).require_grad();
+                let out = if fused {
+                    rotate_with_lead(fa.clone(), aa.clone(), ba.clone(), la.clone())
+                        .unwrap_or_else(|_| panic!("the fused rotation takes {h}x{n}x{a}x{s}"))
+                } else {
+                    // PeriodicFactor::query_vectors' plain ops
+                    let pos = fa.clone().reshape([1, n, a, s, 2]).expand([h, n, a, s, 2]);
+                    let rotated = rotate(
+                        pos,
+                        aa.clone().reshape([h, 1, a, s, 1]),
+                        ba.clone().reshape([h, 1, a, s, 1]),
+                    )
+                    .reshape([h, n, a, 2 * s]);
+                    let l = la.clone().reshape([h, 1, a, 1]).expand([h, n, a, 1]);
+                    Tensor::cat(vec![l, rotated], 3)
+                };
+                let grads = (out.clone() * on::<A<B>, B, 4>(&weights)).sum().backward();
+                let df = as_f64(fa.grad(&grads).expect("f takes a gradient"));
+                let da = as_f64(aa.grad(&grads).expect("alpha takes a gradient"));
+                let db = as_f64(ba.grad(&grads).expect("beta takes a gradient"));
+                let dl = as_f64(la.grad(&grads).expect("lead takes a gradient"));
+                (as_f64(out.inner()), df, da, db, dl)
+            };
+            let (fo, fdf, fda, fdb, fdl) = run(true);
+            let (po, pdf, pda, pdb, pdl) = run(false);
+            let errs = [
+                rel_err(fo.clone(), po),
+                rel_err(fdf, pdf),
+                rel_err(fda, pda),
+                rel_err(fdb, pdb),
+                rel_err(fdl, pdl),
+            ];
+            for (err, name) in errs.iter().zip(["out", "df", "dalpha", "dbeta", "dlead"]) {
+                assert!(*err <= 1e-5, "{name} {h}x{n}x{a}x{s}: {err:.1e}");
+            }
+            let inference = rotate_with_lead(f.clone(), alpha.clone(), beta.clone(), lead.clone())
+                .unwrap_or_else(|_| panic!("the fused rotation takes {h}x{n}x{a}x{s}"));
+            assert_eq!(as_f64(inference).to_data(), fo.to_data());
+            report.push(format!(
+                "{} rotate with lead {h} heads x {n} tokens x {a} axes x {s} scales: out, df, dalpha, dbeta, dlead within {:.1e}",
+                B::name(&device),
+                errs.iter().copied().fold(0.0, f64::max)
+            ));
+        }
+        // shapes that do not fit are handed back
+        let f = Tensor::<B, 4>::zeros([3, 2, 2, 2], &device);
+        let ab = Tensor::<B, 3>::zeros([2, 2, 3], &device);
+        let lead = Tensor::<B, 2>::zeros([2, 2], &device);
+        assert!(rotate_with_lead(f.clone(), ab.clone(), ab, lead.clone()).is_err());
+        let ab = Tensor::<B, 3>::zeros([2, 2, 2], &device);
+        assert!(rotate_with_lead(f, ab.clone(), ab, lead.narrow(1, 0, 1)).is_err());
+        report
+    }
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn fused_rotation_with_lead_equals_the_periodic_factors_plain_ops() {
+    for line in run_on(BackendKind::Ndarray, RotateLeadCheck).expect("ndarray is compiled in") {
+        println!("{line}");
+    }
+}
+
+/// `PeriodicFactor::query_vectors` of `ExactRelativePerformer`, which takes
+/// the fused rotation on burn-ndarray in f32 (coefficients shared by the
+/// batch), against its plain ops (`query_vectors_reference`): the vectors
+/// and the gradients of the coefficients and margins, on an image whose
+/// sides are not equal. (The plain ops are checked against the definition
+/// in f64 by `crates/positional/tests/reference_f64.rs`; f64 cannot run
+/// here beside f32: burn-ndarray's two share one device, whose default
+/// float type the first tensor made fixes for the process.)
+#[cfg(feature = "ndarray")]
+#[test]
+fn periodic_query_vectors_in_one_pass_equal_the_plain_ops() {
+    use burn::module::{AutodiffModule, Param};
+    use relative_performer::positional::periodic::PeriodicFactorConfig;
+    type N = burn::backend::NdArray<f32>;
+    type A = Autodiff<N>;
+    let device = Default::default();
+    seed_draws(23);
+    let (h, s, height, width) = (4, 4, 9, 7);
+    let n = 1 + height * width;
+    let coefficients = random::<N, 4>([h, 2, s + 1, 2], Distribution::Normal(0.5, 0.5), &device);
+    let floor = random::<N, 2>([h, 2], Distribution::Normal(-1.0, 0.5), &device);
+    let weights = random::<N, 5>(
+        [1, h, n, 2, 1 + 2 * s],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let mut factor = PeriodicFactorConfig::new(16, h, s).init::<A>(&device);
+    factor.coefficients = Param::from_tensor(on::<A, N, 4>(&coefficients).require_grad());
+    factor.floor = Param::from_tensor(on::<A, N, 2>(&floor).require_grad());
+    let run = |fused: bool| {
+        let x = Tensor::zeros([2, n, 16], &device);
+        let u = if fused {
+            factor.query_vectors(x, height, width)
+        } else {
+            factor.query_vectors_reference(x, height, width)
+        };
+        let grads = (u.clone() * on::<A, N, 5>(&weights)).sum().backward();
+        (
+            as_f64(u.inner()),
+            as_f64(
+                factor
+                    .coefficients
+                    .val()
+                    .grad(&grads)
+                    .expect("coefficients"),
+            ),
+            as_f64(factor.floor.val().grad(&grads).expect("floor")),
+        )
+    };
+    let (u, dc, df) = run(true);
+    let (u_ref, dc_ref, df_ref) = run(false);
+    assert_eq!(u.dims(), [1, h, n, 2, 1 + 2 * s]);
+    let errs = [rel_err(u, u_ref), rel_err(dc, dc_ref), rel_err(df, df_ref)];
+    println!(
+        "query vectors, d coefficients, d margins within {:.1e}, {:.1e}, {:.1e}",
+        errs[0], errs[1], errs[2]
+    );
+    for (err, name) in errs.iter().zip(["u", "dcoefficients", "dfloor"]) {
+        assert!(*err <= 1e-5, "{name}: {err:.1e}");
+    }
+    // without autodiff, the same vectors
+    let inner = factor.valid();
+    let plain = inner.query_vectors(Tensor::zeros([1, n, 16], &device), height, width);
+    let reference =
+        inner.query_vectors_reference(Tensor::zeros([1, n, 16], &device), height, width);
+    assert!(rel_err(as_f64(plain), as_f64(reference)) <= 1e-6);
+}
+
 /// The fused dropout against the product with its mask built on the host
 /// from the same seed (`dropout_kept`): values and gradients bit-equal, on
 /// a length that is not a multiple of the kernel's chunks; the inference

@@ -172,7 +172,7 @@ mod simd;
 pub use dense::{concat_last, dense, gemm_on_rayon, permute_contiguous, reshape};
 pub use norm::layer_norm;
 pub use periodic::{PeriodicInputs, separable_periodic};
-pub use rotate::rotate_pairs;
+pub use rotate::{rotate_pairs, rotate_with_lead};
 use simd::{Fma, fast};
 
 /// The shape of one `(sample, head)` slice: `n x d` rows, `m` features.

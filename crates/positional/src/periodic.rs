@@ -229,7 +229,34 @@ impl<B: Backend> PeriodicFactor<B> {
     /// `u_ia . psi_a(p_ja) = g_ia(p_ia - p_ja)`, for the normed layer input
     /// `x [b, n, dim]` of an image of `height x width` (token 0 the class
     /// token).
+    ///
+    /// Without content-dependent coefficients the vectors are shared by the
+    /// batch, and on burn-ndarray in `f32` one fused op
+    /// (`relperf_favor::host::rotate_with_lead`) builds them, forward and
+    /// backward; [`PeriodicFactor::query_vectors_reference`] is the plain ops
+    /// it replaces.
     pub fn query_vectors(&self, x: Tensor<B, 3>, height: usize, width: usize) -> Tensor<B, 5> {
+        self.query_vectors_with(x, height, width, true)
+    }
+
+    /// [`PeriodicFactor::query_vectors`] in plain tensor ops on every
+    /// backend (the reference of its fused path).
+    pub fn query_vectors_reference(
+        &self,
+        x: Tensor<B, 3>,
+        height: usize,
+        width: usize,
+    ) -> Tensor<B, 5> {
+        self.query_vectors_with(x, height, width, false)
+    }
+
+    fn query_vectors_with(
+        &self,
+        x: Tensor<B, 3>,
+        height: usize,
+        width: usize,
+        fused: bool,
+    ) -> Tensor<B, 5> {
         let device = self.coefficients.device();
         let (h, s) = (self.heads, self.harmonics);
         let k = s + 1;
@@ -246,6 +273,32 @@ impl<B: Backend> PeriodicFactor<B> {
         }
         let [b, _, nc, _, _, _] = c.dims();
         let (r0, r) = autocorrelation(c); // [b, h, nc, a, 1, 1], [b, h, nc, a, s, 2]
+        let margin = softplus(self.floor.val(), 1.0)
+            .add_scalar(RELATIVE_MARGIN)
+            .reshape([1, h, 1, AXES, 1, 1]);
+        let a0 = (r0.clone() + margin * r0).add_scalar(ABSOLUTE_MARGIN); // r0 + eps
+        if fused && b == 1 && nc == 1 {
+            // shared by the batch and the tokens: one pass on the CPU
+            // backend (the plain ops below otherwise)
+            let alpha = r
+                .clone()
+                .narrow(5, 0, 1)
+                .mul_scalar(2.0)
+                .reshape([h, AXES, s]);
+            let beta = r
+                .clone()
+                .narrow(5, 1, 1)
+                .mul_scalar(-2.0)
+                .reshape([h, AXES, s]);
+            if let Ok(u) = relperf_favor::host::rotate_with_lead(
+                basis.clone(),
+                alpha,
+                beta,
+                a0.clone().reshape([h, AXES]),
+            ) {
+                return relperf_favor::host::reshape(u, [1, h, n, AXES, 1 + 2 * s]);
+            }
+        }
         let alpha = r
             .clone()
             .narrow(5, 0, 1)
@@ -263,10 +316,6 @@ impl<B: Backend> PeriodicFactor<B> {
             beta,
         )
         .reshape([b, h, n, AXES, 2 * s]);
-        let margin = softplus(self.floor.val(), 1.0)
-            .add_scalar(RELATIVE_MARGIN)
-            .reshape([1, h, 1, AXES, 1, 1]);
-        let a0 = (r0.clone() + margin * r0).add_scalar(ABSOLUTE_MARGIN); // r0 + eps
         let a0 = a0.reshape([b, h, nc, AXES, 1]).expand([b, h, n, AXES, 1]);
         Tensor::cat(vec![a0, rotated], 4)
     }
@@ -360,7 +409,7 @@ pub fn separable_attention<B: Backend>(
     let psi_y = axis_basis::<B>(height, harmonics, &device); // [y, p]
     let psi_x = axis_basis::<B>(width, harmonics, &device); // [x, q]
     let p = psi_y.dims()[1];
-    let u = u.reshape([h, n, AXES, p]);
+    let u = relperf_favor::host::reshape(u, [h, n, AXES, p]); // no copy on the CPU
     let out = match relperf_favor::host::separable_periodic((qf, kf, v1, u, psi_y, psi_x)) {
         Ok(out) => out,
         Err((qf, kf, v1, u, psi_y, psi_x)) => {

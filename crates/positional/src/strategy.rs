@@ -198,7 +198,9 @@ impl<B: Backend> LayerStrategy<B> for PeriodicFactor<B> {
         let u = self.query_vectors(x, height, width); // [b|1, h, n, 2, p]
         match features {
             Some(map) if !self.is_content_dependent() => {
-                separable_attention(q, k, v, u.reshape([1, h, n, 2 * p]), map, height, width, s)
+                // a view where the CPU kernels run (burn-ndarray's reshape copies)
+                let u = relperf_favor::host::reshape(u, [1, h, n, 2 * p]);
+                separable_attention(q, k, v, u, map, height, width, s)
             }
             _ => {
                 let psi = token_basis::<B>(height, width, s, &q.device()).reshape([1, 1, n, 2, p]);
