@@ -13,7 +13,8 @@
 #   results/equivariance.csv       the equivariance probe (random weights, periodic positions)
 #   results/shifted-label1-x.{svg,png}, results/shifted-all.{svg,png}   plot-shifted of the CSVs
 #   results/curves.{csv,svg,png}   plot-curves: learning curves of results/training (runs trained
-#                  here by results/train.sh, if present) beside the shipped runs'
+#                  here by results/train.sh, if present) beside the shipped runs' and those of
+#                  results/reference/first-runs and results/reference/replaced
 #   results/table.md               the tables (results/table.py), also put into README.md
 #   results/make.json              how and when: the commit, the options, the machine, each step's time
 #
@@ -89,8 +90,12 @@ done
 # learning curves: the runs trained here by results/train.sh (results/training)
 # beside the shipped ones
 training="${TRAINING:-results/training}"
-first_runs=()  # the reference's from-scratch run that a shipped run continued
-if [ -d results/reference/first-runs ]; then first_runs=(results/reference/first-runs); fi
+# the reference's from-scratch run that a shipped run continued, and the
+# imported runs that runs trained in Rust replaced
+first_runs=()
+for d in results/reference/first-runs results/reference/replaced; do
+  if [ -d "$d" ]; then first_runs+=("$d"); fi
+done
 if [ -d "$training" ]; then
   title="Learning curves: validation accuracy against training images"
   step plot-curves "$training" "$runs" "${first_runs[@]}" --csv "$out/curves.csv" --output "$out/curves.svg" --title "$title"

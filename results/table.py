@@ -492,10 +492,11 @@ def build(folder: Path) -> str:
         parts += [
             "Learning curves (`relperf-eval plot-curves`, `results/curves.csv`; [figure](results/curves.svg)): "
             "validation accuracy (%) by the number of training images seen, of the runs trained here by "
-            "`relperf-train` (`results/training`, made by `results/train.sh`) beside the PyTorch reference's: the "
-            "shipped runs (of a run that continued others, the last run's curve only) and "
-            "`results/reference/first-runs` (the from-scratch run that the shipped MNIST "
-            "`ExactRelativePerformer` continued, with the recipe of `results/train.sh`). The reference validated on "
+            "`relperf-train` (`results/training`, made by `results/train.sh`, and the shipped ones trained in Rust) "
+            "beside the PyTorch reference's: the shipped imported runs (of a run that continued others, the last "
+            "run's curve only), `results/reference/first-runs` (the from-scratch run that the shipped MNIST "
+            "`ExactRelativePerformer` continued, with the recipe of `results/train.sh`) and "
+            "`results/reference/replaced` (the imported runs that runs trained in Rust replaced). The reference validated on "
             "2,560 images (5,120 in the last MNIST `ExactRelativePerformer` run), `results/train.sh` on all 5,000:",
             table,
             "![Learning curves](results/curves.png)",
