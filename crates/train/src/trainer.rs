@@ -408,16 +408,7 @@ pub fn train<B: AutodiffBackend>(
         Start::Resume { run, runtime } => {
             runtime.validate()?;
             let config = run.read_config()?;
-            let training: TrainOptions = serde_json::from_value(config.training.clone())
-                .map_err(|e| {
-                    RunError::run(format!(
-                        "{}: its training options are not relperf-train's ({e}); was it trained by another program?",
-                        run.config_path().display()
-                    ))
-                })?;
-            let seed = training.seed.or(config.seed).ok_or_else(|| {
-                RunError::run(format!("{} has no seed", run.config_path().display()))
-            })?;
+            let (training, seed) = training_of(&run, &config)?;
             if !run.last().is_file() {
                 return Err(RunError::run(format!(
                     "{} has no {}: nothing to resume from (it stopped before its first checkpoint); start a new run",
@@ -499,22 +490,12 @@ pub fn train<B: AutodiffBackend>(
             }
             state.stopped_by = None;
             let metrics = MetricsLog::resume(&run.metrics_path(), state.global_step)?;
-            let mut config_json = run::read_json(&run.config_path())?;
-            let session = json!({
-                "started": now(),
-                "command": command,
-                "runtime": runtime,
-                "machine": machine(&runtime),
-                "resumed_from_step": state.global_step,
-            });
-            match config_json
-                .get_mut("sessions")
-                .and_then(Value::as_array_mut)
-            {
-                Some(list) => list.push(session),
-                None => config_json["sessions"] = json!([session]),
-            }
-            write_json_atomic(&run.config_path(), &config_json)?;
+            add_session(
+                &run,
+                command,
+                &runtime,
+                json!({ "resumed_from_step": state.global_step }),
+            )?;
             let progress = Progress::new(runtime.progress);
             progress.event(&format!(
                 "resuming {} on {} in {} at step {} (epoch {})",
@@ -543,6 +524,49 @@ pub fn train<B: AutodiffBackend>(
     }
 }
 
+/// The training options of an existing run and its seed.
+fn training_of(run: &RunFolder, config: &RunConfig) -> Result<(TrainOptions, u64)> {
+    let training: TrainOptions = serde_json::from_value(config.training.clone()).map_err(|e| {
+        RunError::run(format!(
+            "{}: its training options are not relperf-train's ({e}); was it trained by another program?",
+            run.config_path().display()
+        ))
+    })?;
+    let seed = training
+        .seed
+        .or(config.seed)
+        .ok_or_else(|| RunError::run(format!("{} has no seed", run.config_path().display())))?;
+    Ok((training, seed))
+}
+
+/// Appends this session (its start, command, runtime, machine and the
+/// fields of `extra`) to the run's `config.json`.
+fn add_session(
+    run: &RunFolder,
+    command: &str,
+    runtime: &RuntimeOptions,
+    extra: Value,
+) -> Result<()> {
+    let mut config_json = run::read_json(&run.config_path())?;
+    let mut session = json!({
+        "started": now(),
+        "command": command,
+        "runtime": runtime,
+        "machine": machine(runtime),
+    });
+    if let (Some(entry), Value::Object(more)) = (session.as_object_mut(), extra) {
+        entry.extend(more);
+    }
+    match config_json
+        .get_mut("sessions")
+        .and_then(Value::as_array_mut)
+    {
+        Some(list) => list.push(session),
+        None => config_json["sessions"] = json!([session]),
+    }
+    write_json_atomic(&run.config_path(), &config_json)
+}
+
 /// [`Start::Finish`]: tests the best checkpoint of a stopped run and writes
 /// its `results.json`.
 fn finish_stopped<B: AutodiffBackend>(
@@ -561,16 +585,7 @@ fn finish_stopped<B: AutodiffBackend>(
         )));
     }
     run.best_checkpoint()?;
-    let training: TrainOptions = serde_json::from_value(config.training.clone()).map_err(|e| {
-        RunError::run(format!(
-            "{}: its training options are not relperf-train's ({e}); was it trained by another program?",
-            run.config_path().display()
-        ))
-    })?;
-    let seed = training
-        .seed
-        .or(config.seed)
-        .ok_or_else(|| RunError::run(format!("{} has no seed", run.config_path().display())))?;
+    let (training, seed) = training_of(&run, &config)?;
     let (mut state, state_from) = if run.last().is_file() {
         (Checkpoint::read(&run.last())?.state, run::LAST_FILE)
     } else {
@@ -584,23 +599,12 @@ fn finish_stopped<B: AutodiffBackend>(
     let dataset = config.dataset()?;
     let data = load_data(dataset, &config.data, &runtime)?;
     let metrics = MetricsLog::resume(&run.metrics_path(), state.global_step)?;
-    let mut config_json = run::read_json(&run.config_path())?;
-    let session = json!({
-        "started": now(),
-        "command": command,
-        "runtime": runtime,
-        "machine": machine(&runtime),
-        "finished_at_step": state.global_step,
-        "state_from": state_from,
-    });
-    match config_json
-        .get_mut("sessions")
-        .and_then(Value::as_array_mut)
-    {
-        Some(list) => list.push(session),
-        None => config_json["sessions"] = json!([session]),
-    }
-    write_json_atomic(&run.config_path(), &config_json)?;
+    add_session(
+        &run,
+        command,
+        &runtime,
+        json!({ "finished_at_step": state.global_step, "state_from": state_from }),
+    )?;
     let progress = Progress::new(runtime.progress);
     progress.event(&format!(
         "finishing {} on {} in {} (stopped at step {}; state from {state_from}): testing its best checkpoint",
