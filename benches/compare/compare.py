@@ -174,7 +174,10 @@ def machine() -> dict:
 def git_commit() -> str:
     try:
         commit = run_text(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT)
-        dirty = run_text(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT)
+        # what the measured code is made of: results/ and the README (the
+        # outputs of this driver and of results/make.sh) do not count, as in make.sh
+        dirty = run_text(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                          ":!results", ":!README.md"], cwd=ROOT)
         return commit + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
