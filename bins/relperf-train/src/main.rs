@@ -471,11 +471,12 @@ fn training_options(cli: &Cli) -> Result<TrainOptions, RunError> {
 
 fn resolve(cli: &Cli) -> Result<Start, RunError> {
     let existing = match (&cli.resume, &cli.finish) {
-        (Some(dir), _) => Some(("--resume", dir)),
-        (None, Some(dir)) => Some(("--finish", dir)),
+        (Some(dir), _) => Some((false, dir)),
+        (None, Some(dir)) => Some((true, dir)),
         (None, None) => None,
     };
-    if let Some((flag, run_dir)) = existing {
+    if let Some((finish, run_dir)) = existing {
+        let flag = if finish { "--finish" } else { "--resume" };
         if cli.init_from.is_some() {
             return Err(usage(format!(
                 "{flag} and --init-from: give one of them (--resume continues a run, --finish ends one, --init-from starts a new one from its weights)",
@@ -522,7 +523,7 @@ fn resolve(cli: &Cli) -> Result<Start, RunError> {
                 ..base
             },
         )?;
-        return Ok(if flag == "--finish" {
+        return Ok(if finish {
             Start::Finish { run, runtime: rt }
         } else {
             Start::Resume { run, runtime: rt }

@@ -277,43 +277,33 @@ impl<B: Backend> PeriodicFactor<B> {
             .add_scalar(RELATIVE_MARGIN)
             .reshape([1, h, 1, AXES, 1, 1]);
         let a0 = (r0.clone() + margin * r0).add_scalar(ABSOLUTE_MARGIN); // r0 + eps
-        if fused && b == 1 && nc == 1 {
+        let alpha = r.clone().narrow(5, 0, 1).mul_scalar(2.0); // [b, h, nc, a, s, 1]
+        let beta = r.narrow(5, 1, 1).mul_scalar(-2.0);
+        let (basis, alpha, beta) = if fused && b == 1 && nc == 1 {
             // shared by the batch and the tokens: one pass on the CPU
             // backend (the plain ops below otherwise)
-            let alpha = r
-                .clone()
-                .narrow(5, 0, 1)
-                .mul_scalar(2.0)
-                .reshape([h, AXES, s]);
-            let beta = r
-                .clone()
-                .narrow(5, 1, 1)
-                .mul_scalar(-2.0)
-                .reshape([h, AXES, s]);
-            if let Ok(u) = relperf_favor::host::rotate_with_lead(
-                basis.clone(),
-                alpha,
-                beta,
+            match relperf_favor::host::rotate_with_lead(
+                basis,
+                alpha.reshape([h, AXES, s]),
+                beta.reshape([h, AXES, s]),
                 a0.clone().reshape([h, AXES]),
             ) {
-                return relperf_favor::host::reshape(u, [1, h, n, AXES, 1 + 2 * s]);
+                Ok(u) => return relperf_favor::host::reshape(u, [1, h, n, AXES, 1 + 2 * s]),
+                Err((basis, alpha, beta, _)) => (
+                    basis,
+                    alpha.reshape([1, h, 1, AXES, s, 1]),
+                    beta.reshape([1, h, 1, AXES, s, 1]),
+                ),
             }
-        }
-        let alpha = r
-            .clone()
-            .narrow(5, 0, 1)
-            .mul_scalar(2.0)
-            .expand([b, h, n, AXES, s, 1]);
-        let beta = r
-            .narrow(5, 1, 1)
-            .mul_scalar(-2.0)
-            .expand([b, h, n, AXES, s, 1]);
+        } else {
+            (basis, alpha, beta)
+        };
         let rotated = rotate(
             basis
                 .reshape([1, 1, n, AXES, s, 2])
                 .expand([b, h, n, AXES, s, 2]),
-            alpha,
-            beta,
+            alpha.expand([b, h, n, AXES, s, 1]),
+            beta.expand([b, h, n, AXES, s, 1]),
         )
         .reshape([b, h, n, AXES, 2 * s]);
         let a0 = a0.reshape([b, h, nc, AXES, 1]).expand([b, h, n, AXES, 1]);

@@ -626,12 +626,8 @@ fn finish_stopped<B: AutodiffBackend>(
         progress,
         _b: std::marker::PhantomData,
     };
-    let mut outcome = finish(session, &data)?;
-    if let Some(results) = outcome.results.as_mut() {
-        results["finished_by"] = json!({ "command": command, "state_from": state_from });
-        write_json_atomic(&outcome.run.results_path(), results)?;
-    }
-    Ok(outcome)
+    let finished_by = json!({ "command": command, "state_from": state_from });
+    finish(session, &data, Some(finished_by))
 }
 
 /// The loop state of a run whose `last.ckpt` is lost, from its
@@ -961,11 +957,16 @@ fn run_loop<B: AutodiffBackend, O: Optimizer<ImageClassifier<B>, B>>(
         validate(&mut s, &model, &optim, ema.as_ref(), data)?;
     }
     write_model_checkpoint(&s, &model, &optim, ema.as_ref())?;
-    finish(s, data)
+    finish(s, data, None)
 }
 
-/// Tests the best checkpoint and writes `results.json`.
-fn finish<B: AutodiffBackend>(mut s: Session<B>, data: &RunData) -> Result<Outcome> {
+/// Tests the best checkpoint and writes `results.json` (with
+/// `finished_by` when a `--finish` session ended the run).
+fn finish<B: AutodiffBackend>(
+    mut s: Session<B>,
+    data: &RunData,
+    finished_by: Option<Value>,
+) -> Result<Outcome> {
     let best = load_record::<B::InnerBackend>(&s.model_config, &s.run.best(), &s.device)?;
     let limit = s
         .runtime
@@ -986,7 +987,7 @@ fn finish<B: AutodiffBackend>(mut s: Session<B>, data: &RunData) -> Result<Outco
             .set("test/acc", test.accuracy)
             .set("test/loss", test.loss),
     )?;
-    let results = json!({
+    let mut results = json!({
         "model": s.model_config.model,
         "dataset": s.dataset.as_str(),
         "run_dir": s.run.path.display().to_string(),
@@ -1005,6 +1006,9 @@ fn finish<B: AutodiffBackend>(mut s: Session<B>, data: &RunData) -> Result<Outco
         "best_checkpoint": format!("{}/{}", run::CHECKPOINT_DIR, run::BEST_FILE),
         "finished": now(),
     });
+    if let Some(by) = finished_by {
+        results["finished_by"] = by;
+    }
     write_json_atomic(&s.run.results_path(), &results)?;
     s.progress.event(&format!(
         "done ({}): step {}, best val/acc {:.4}, test/acc {:.4} on {} images; results in {}",
