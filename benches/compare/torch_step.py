@@ -57,6 +57,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: the GPU half of the benchmark (benches/compare/gpu.sh); peak memory is then "
+                             "torch.cuda.max_memory_allocated over one step, as bench.py measures it")
     parser.add_argument("--compile", choices=("on", "off"), default="on",
                         help="on: the reference's models train with its torch.compile'd attention core (bench.py's default)")
     parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
@@ -88,19 +91,26 @@ def main() -> int:
         print("error: performer-pytorch is not importable: pip install --no-deps performer-pytorch==1.1.4 "
               "local-attention==1.4.4 axial-positional-embedding==0.3.12", file=sys.stderr)
         return 1
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
+        return 1
+    device = torch.device(args.device)
     is_compiled = False
-    if args.compile == "on" and args.mode == "train" and args.row not in (bench.LUCIDRAINS, bench.SOFTMAX):
+    # as bench.py: the compiled attention core is a CPU measure (on CUDA its models run eager)
+    if args.compile == "on" and args.mode == "train" and args.device == "cpu" \
+            and args.row not in (bench.LUCIDRAINS, bench.SOFTMAX):
         is_compiled = compiled.enable()
         if not is_compiled:
             print(f"note: torch.compile does not work here ({compiled.unavailable_reason()}): eager attention", file=sys.stderr)
 
-    runner = bench.Runner(args.row, args.size, args.batch, torch.device("cpu"))
+    runner = bench.Runner(args.row, args.size, args.batch, device)
     hwm_reset = reset_hwm()
     baseline = status_bytes("VmRSS")
     for _ in range(args.warmup):
         runner.time(args.mode, "fp32")
     seconds = [runner.time(args.mode, "fp32") for _ in range(args.reps)]
     peak = status_bytes("VmHWM")
+    gpu_peak = int(runner.cuda_peak_mb(args.mode, "fp32") * 2**20) if args.device == "cuda" else None
     med = statistics.median(seconds)
     params = sum(p.numel() for p in runner.model.parameters() if p.requires_grad)
     tokens = args.size * args.size + 1
@@ -108,7 +118,7 @@ def main() -> int:
         "impl": "performer-pytorch" if args.row == bench.LUCIDRAINS else "reference",
         "model": args.row,
         "attention": "softmax" if args.row == bench.SOFTMAX else "favor+",
-        "backend": "torch",
+        "backend": "torch" if args.device == "cpu" else "torch-cuda",
         "mode": args.mode,
         "batch": args.batch,
         "size": args.size,
@@ -127,6 +137,8 @@ def main() -> int:
         "baseline_rss_bytes": baseline,
         "step_peak_bytes": None if peak is None or baseline is None else max(0, peak - baseline),
         "hwm_reset": hwm_reset,
+        "gpu_step_peak_bytes": gpu_peak,
+        "gpu": torch.cuda.get_device_name(device) if args.device == "cuda" else None,
         "compiled": is_compiled,
         "malloc": "keep" if malloc else "default",
         "threads": torch.get_num_threads(),
