@@ -28,9 +28,9 @@
 # Then: the learning curves beside the imported runs' (the figure and CSV
 # of results/README.md),
 #   relperf-eval plot-curves RUNS results/pretrained --output results/curves.svg --csv results/curves.csv
-# and, to ship a run, copy its folder into results/pretrained/DATASET/MODEL
-# (best.mpk, config.json, metrics.csv, results.json; not last.ckpt) and
-# rerun bash results/make.sh.
+# and, to ship a run that beats the shipped one, bash results/ship.sh
+# RUNS/DATASET/MODEL (best.mpk, config.json, metrics.csv, results.json into
+# results/pretrained/DATASET/MODEL; not last.ckpt), then bash results/make.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
