@@ -38,7 +38,7 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::{Distribution, TensorData};
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
-use relative_performer::backend::{BackendKind, BackendTask, run_on};
+use relative_performer::backend::{BackendError, BackendKind, BackendTask, run_on_device};
 use relative_performer::eval::evaluate::cross_entropy;
 use relative_performer::models::{ImageClassifier, ModelConfig, ModelKind};
 use relative_performer::train::optim::adam;
@@ -291,9 +291,14 @@ impl Step {
     }
 }
 
+/// Set when the timed work starts: a panic before it is `run_on_device`'s
+/// probe of the wgpu adapter, which reports itself as one line.
+static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 impl BackendTask for Step {
     type Output = Result<Measured, String>;
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        STARTED.store(true, std::sync::atomic::Ordering::SeqCst);
         match self.mode {
             Mode::Train => self.train::<B>(device),
             Mode::Infer => self.infer::<B>(device),
@@ -348,8 +353,12 @@ fn main() -> ExitCode {
         reps: cli.reps,
         seed: cli.seed,
     };
-    // A panic inside Burn (a backend failing) becomes one line.
+    // A panic inside Burn (a backend failing) becomes one line; the device
+    // probe's panics are silent (its error says what to do).
     std::panic::set_hook(Box::new(|info| {
+        if !STARTED.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let msg = info
             .payload()
             .downcast_ref::<String>()
@@ -361,9 +370,15 @@ fn main() -> ExitCode {
             msg.split_whitespace().collect::<Vec<_>>().join(" ")
         );
     }));
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_on(backend, step)));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_on_device(backend, None, step)
+    }));
     let m = match outcome {
         Err(_) => return ExitCode::from(1),
+        Ok(Err(e @ BackendError::Device(_))) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
         Ok(Err(e)) => return usage(e.to_string()),
         Ok(Ok(Err(e))) => {
             eprintln!("error: {e}");
