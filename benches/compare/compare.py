@@ -194,9 +194,9 @@ def default_backend() -> str:
     return "ndarray"
 
 
-def build_rust(skip: bool) -> Path:
-    """Builds the example (or only finds it with --no-build) and returns the executable's path."""
-    cmd = ["cargo", "build", "--release", "--example", "bench_step", "--features", "flex",
+def build_rust(skip: bool, features: str = "flex") -> Path:
+    """Builds the example with `features` (or only finds it with --no-build) and returns the executable's path."""
+    cmd = ["cargo", "build", "--release", "--example", "bench_step", "--features", features,
            "--message-format=json-render-diagnostics"]
     log(f"$ {' '.join(cmd[:-1])}" + (" (--no-build: only finding the executable)" if skip else ""))
     if skip:

@@ -51,14 +51,12 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-WORKER = Path(__file__).resolve().parent / "torch_step.py"
+import compare  # the CPU driver beside this file (standard library only): its build, reference and names
+from compare import LUCID, MODELS, REFERENCE_COMMIT, ROOT, WORKER
+from compare import PEERS_PIP as PEERS
+
 STAGE = ROOT / ".gpu"
-REFERENCE_COMMIT = "64c6e65"
-PEERS = ["performer-pytorch==1.1.4", "local-attention==1.4.4", "axial-positional-embedding==0.3.12"]
 LOADERS = ["libvulkan1", "libegl1", "libglvnd0", "libopengl0", "libgl1", "libglx0", "libgles2"]
-MODELS = ["Performer", "NoposPerformer", "RelativePerformer", "ClippedRelativePerformer", "ExactRelativePerformer"]
-LUCID = "performer-pytorch"
 
 
 def log(message: str) -> None:
@@ -71,21 +69,6 @@ def sh(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 # --------------------------------------------------------------------------- prepare (here)
-
-
-def build_bench_step() -> str | None:
-    """`cargo build --release --example bench_step --features wgpu`; the executable's path."""
-    out = sh(["cargo", "build", "--release", "--locked", "--example", "bench_step", "--features", "wgpu",
-              "--message-format=json-render-diagnostics"], cwd=ROOT, stdout=subprocess.PIPE, text=True).stdout
-    exe = None
-    for line in out.splitlines():
-        try:
-            message = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if message.get("reason") == "compiler-artifact" and message.get("target", {}).get("name") == "bench_step":
-            exe = message.get("executable") or exe
-    return exe
 
 
 def prepare(args: argparse.Namespace) -> int:
@@ -104,9 +87,9 @@ def prepare(args: argparse.Namespace) -> int:
             f.write("/.gpu/\n")
 
     # 1. bench_step with the wgpu backend (ndarray stays in, for a CPU check of the same binary)
-    exe = build_bench_step() if args.bench_step is None else str(args.bench_step)
-    if exe is None or not Path(exe).is_file():
-        log(f"error: no bench_step executable ({exe or 'cargo did not report it'})")
+    exe = compare.build_rust(False, features="wgpu") if args.bench_step is None else args.bench_step
+    if not Path(exe).is_file():
+        log(f"error: --bench-step {exe} is not a file")
         return 1
     shutil.copy2(exe, STAGE / "bench_step")
     if shutil.which("strip"):
@@ -116,9 +99,7 @@ def prepare(args: argparse.Namespace) -> int:
     reference = STAGE / "reference"
     shutil.rmtree(reference, ignore_errors=True)
     reference.mkdir()
-    archive = subprocess.run(["git", "archive", "--format=tar", REFERENCE_COMMIT, "relative_performer",
-                              "benchmarks/bench.py"], cwd=ROOT, check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(reference)], input=archive, check=True)
+    compare.extract_reference(REFERENCE_COMMIT, reference)
 
     # 3. performer-pytorch and its two helpers (pure Python; the GPU machine has torch and einops)
     wheels = STAGE / "whl"
