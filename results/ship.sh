@@ -28,25 +28,31 @@ done
 size=$(stat -c %s "$run/checkpoints/best.mpk")
 [ "$size" -le 5000000 ] || { echo "error: $run/checkpoints/best.mpk is $size bytes; shipped records are at most 5 MB" >&2; exit 1; }
 
-read -r dataset model test_acc < <(python3 - "$run/results.json" <<'EOF'
+# dataset, model and test accuracy of the run; the shipped run's accuracy,
+# whether the run beats it (1/0) and whether that one was imported (1/0)
+read -r dataset model test_acc shipped beats imported < <(python3 - "$run" <<'EOF'
 import json, sys
-r = json.load(open(sys.argv[1]))
-print(r.get("dataset", ""), r.get("model", ""), r.get("test_acc", ""))
+from pathlib import Path
+r = json.loads(Path(sys.argv[1], "results.json").read_text())
+dataset, model, acc = r.get("dataset", "-"), r.get("model", "-"), r.get("test_acc")
+dest = Path("results/pretrained", str(dataset), str(model))
+shipped = json.loads((dest / "results.json").read_text()).get("test_acc", 0) if (dest / "results.json").is_file() else None
+imported = (dest / "config.json").is_file() and "imported" in json.loads((dest / "config.json").read_text())
+beats = acc is not None and (shipped is None or float(acc) > float(shipped))
+print(dataset, model, "-" if acc is None else acc, "-" if shipped is None else shipped, int(beats), int(imported))
 EOF
 )
 case "$dataset" in MNIST|FashionMNIST) ;; *) echo "error: $run/results.json names dataset '$dataset'; results/pretrained holds MNIST and FashionMNIST" >&2; exit 1 ;; esac
-[ -n "$model" ] && [ -n "$test_acc" ] || { echo "error: $run/results.json has no model or test_acc" >&2; exit 1; }
+[ "$model" != - ] && [ "$test_acc" != - ] || { echo "error: $run/results.json has no model or test_acc" >&2; exit 1; }
 
 dest="results/pretrained/$dataset/$model"
 [ "$(realpath "$run")" != "$(realpath -m "$dest")" ] || { echo "error: $run is already the shipped run" >&2; exit 1; }
-if [ -f "$dest/results.json" ]; then
-  shipped=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("test_acc", 0))' "$dest/results.json")
-  beats=$(python3 -c 'import sys; print(int(float(sys.argv[1]) > float(sys.argv[2])))' "$test_acc" "$shipped")
+if [ "$shipped" != - ]; then
   if [ "$beats" != 1 ] && [ -z "${FORCE:-}" ]; then
     echo "error: $run scores $test_acc on the test split, the shipped $dataset/$model $shipped: not shipped (FORCE=1 ships it anyway)" >&2
     exit 1
   fi
-  if python3 -c 'import json,sys; sys.exit(0 if "imported" in json.load(open(sys.argv[1])) else 1)' "$dest/config.json"; then
+  if [ "$imported" = 1 ]; then
     keep="results/reference/replaced/$dataset/$model"
     mkdir -p "$keep"
     cp "$dest/config.json" "$dest/metrics.csv" "$dest/results.json" "$keep/"

@@ -195,20 +195,20 @@ def configs(args: argparse.Namespace) -> list[dict]:
     rows = []
     side = args.sizes[0]
 
-    def both(model, mode, batch, size, group):
-        rows.append(dict(impl="rust", model=model, mode=mode, batch=batch, size=size, group=group))
-        rows.append(dict(impl="reference", model=model, mode=mode, batch=batch, size=size, group=group))
+    def both(model, mode, batch, size):
+        for impl in ("rust", "reference"):
+            rows.append(dict(impl=impl, model=model, mode=mode, batch=batch, size=size))
 
     for batch in args.batches:
-        both("Performer", "train", batch, side, "batch")
-    both("Performer", "infer", args.batches[0], side, "infer")
+        both("Performer", "train", batch, side)
+    both("Performer", "infer", args.batches[0], side)
     if not args.no_peers:
         for mode in ("train", "infer"):
-            rows.append(dict(impl=LUCID, model=LUCID, mode=mode, batch=args.batches[0], size=side, group="peer"))
+            rows.append(dict(impl=LUCID, model=LUCID, mode=mode, batch=args.batches[0], size=side))
     for model in MODELS[1:]:
-        both(model, "train", args.batches[0], side, "models")
+        both(model, "train", args.batches[0], side)
     for size in args.sizes[1:]:
-        both("Performer", "train", args.batches[0], size, "scaling")
+        both("Performer", "train", args.batches[0], size)
     return rows
 
 

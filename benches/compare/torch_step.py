@@ -58,7 +58,7 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="cuda: the GPU half of the benchmark (benches/compare/gpu.sh); peak memory is then "
+                        help="cuda: the GPU half of the benchmark (benches/compare/gpu.py); peak memory is then "
                              "torch.cuda.max_memory_allocated over one step, as bench.py measures it")
     parser.add_argument("--compile", choices=("on", "off"), default="on",
                         help="on: the reference's models train with its torch.compile'd attention core (bench.py's default)")
