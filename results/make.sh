@@ -57,6 +57,14 @@ if [ -n "${LIMIT_BATCHES:-}" ]; then limit=(--limit-batches "$LIMIT_BATCHES"); f
 
 started=$SECONDS
 start_date=$(date -u +"%Y-%m-%d %H:%M UTC")
+# the commit evaluated, taken now (a commit made while this runs is not it),
+# and whether anything but the files this script writes differs from it
+# (code, weights, reference CSVs); glob: `*` stays within results/
+export MAKE_COMMIT MAKE_DIRTY
+MAKE_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+MAKE_DIRTY=$(git status --porcelain --untracked-files=no -- . ':!README.md' \
+  ':(exclude,glob)results/*.csv' ':(exclude,glob)results/*.svg' ':(exclude,glob)results/*.png' \
+  ':!results/table.md' ':!results/make.json' 2>/dev/null || true)
 steps=()
 step() { # step CMD...: print it, run it, print its time
   local t0=$SECONDS
@@ -102,15 +110,14 @@ if [ -d "$training" ]; then
   step plot-curves "$training" "$runs" "${first_runs[@]}" --output "$out/curves.png" --title "$title"
 fi
 python3 - "$out/make.json" "$start_date" "$((SECONDS - started))" "$images" "${EVAL_ARGS:-}" "${LIMIT_BATCHES:-}" "${steps[@]}" <<'PY'
-import json, os, subprocess, sys
+import json, os, sys
 path, start, seconds, images, eval_args, limit, *steps = sys.argv[1:]
-git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True).stdout.strip()
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 json.dump({
     "command": "bash results/make.sh",
-    "commit": git("rev-parse", "--short", "HEAD"),
-    # changes to the code, not to what this script writes
-    "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results", ":!README.md")),
+    "commit": os.environ["MAKE_COMMIT"],
+    # changes to the code or the runs when it started, not to what this script writes
+    "uncommitted_changes": bool(os.environ["MAKE_DIRTY"]),
     "started": start, "seconds": int(seconds),
     "shift_images": images, "eval_args": eval_args, "limit_batches": limit or None,
     "machine": {"cpu": cpu, "cores": os.cpu_count()},
