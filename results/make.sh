@@ -2,7 +2,7 @@
 # Evaluate the shipped runs (results/pretrained) with the Rust binaries into
 # results/, then write results/table.md and the README's results section.
 #
-#   bash results/make.sh        # about 90 minutes on a 2-core CPU (ndarray), the build excluded
+#   bash results/make.sh        # 22 to 28 minutes on a 2-core CPU (ndarray), the build excluded
 #
 # Writes, every file with `relperf-eval` (bins/relperf-eval):
 #   results/test.csv               test-recursive: validation and test accuracy of every run
